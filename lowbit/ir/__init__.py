@@ -1,0 +1,12 @@
+"""lowbit's typed graph IR: dtypes, tensor types, SSA graph, op registry, text form, reference interpreter."""
+from . import dtypes
+from .dtypes import DType
+from .graph import Graph, Op, Value
+from .interp import interpret
+from .parser import parse
+from .printer import print_graph
+from .registry import all_ops, schema
+from .types import Encoding, QuantParams, TensorType
+
+__all__ = ["dtypes", "DType", "Graph", "Op", "Value", "interpret", "parse", "print_graph", "all_ops", "schema",
+           "Encoding", "QuantParams", "TensorType"]
