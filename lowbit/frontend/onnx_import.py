@@ -18,7 +18,7 @@ from ..errors import LowbitError
 from ..ir import dtypes as dt
 from ..ir.dtypes import DType
 from ..ir.graph import Graph, Value
-from ..ir.interp import interpret
+from ..ir.interp import evaluate_op
 from ..ir.types import QuantParams, TensorType
 
 MIN_OPSET, MAX_OPSET = 9, 22
@@ -108,15 +108,11 @@ class Ctx:
 
     def fold(self, op) -> list[Value]:
         """Evaluate an op whose operands are all constant and replace it by constants."""
-        sub = Graph("fold")
-        sub.insert(type(op)(op.opname, [sub.const(v.const_value, type=v.type) for v in op.operands], op.attrs,
-                            [r.type for r in op.results], op.loc))
-        sub.set_outputs(sub.ops[-1].results, [str(i) for i in range(len(op.results))])
         try:
-            vals = interpret(sub, {})
+            vals = evaluate_op(op, [v.const_value for v in op.operands])
         except LowbitError as e:
             raise NodeError(str(e)) from None
-        new = [self.graph.const(vals[str(i)], loc=op.loc, type=r.type) for i, r in enumerate(op.results)]
+        new = [self.graph.const(a, loc=op.loc, type=r.type) for a, r in zip(vals, op.results)]
         self.graph.replace_op(op, new)
         return new
 

@@ -61,20 +61,10 @@ def interpret(graph: Graph, inputs: dict, *, keep_all: bool = False) -> dict:
     outputs = {id(v) for v in graph.outputs}
     trace = {}
     for i, op in enumerate(graph.ops):
-        args = [env[id(v)] for v in op.operands]
-        try:
-            res = _IMPLS[op.opname](op, *args)
-        except KeyError:
-            raise LowbitError(f"{op.describe()}: no reference implementation") from None
-        if not isinstance(res, (list, tuple)):
-            res = [res]
-        for j, (r, a) in enumerate(zip(op.results, res)):
-            a = np.asarray(a)
-            if a.shape != r.type.shape:
-                raise AssertionError(f"{op.describe()}: reference produced shape {a.shape}, type says {r.type}")
-            env[id(r)] = a.astype(r.type.dtype.np_dtype, copy=False)
+        for j, (r, a) in enumerate(zip(op.results, evaluate_op(op, [env[id(v)] for v in op.operands]))):
+            env[id(r)] = a
             if keep_all:
-                trace[f"%{i}.{j}"] = env[id(r)]
+                trace[f"%{i}.{j}"] = a
         if not keep_all:
             for v in op.operands:
                 if last_use.get(id(v)) == i and id(v) not in outputs and v.producer is not None:
@@ -84,8 +74,22 @@ def interpret(graph: Graph, inputs: dict, *, keep_all: bool = False) -> dict:
     return out
 
 
-def _f(op: Op, i: int = 0):
-    return op.results[i].type.dtype.np_dtype
+def evaluate_op(op: Op, args: list[np.ndarray]) -> list[np.ndarray]:
+    """Run one op's reference implementation on numpy operands; results are cast to the result types."""
+    try:
+        fn = _IMPLS[op.opname]
+    except KeyError:
+        raise LowbitError(f"{op.describe()}: no reference implementation") from None
+    res = fn(op, *args)
+    if not isinstance(res, (list, tuple)):
+        res = [res]
+    out = []
+    for r, a in zip(op.results, res, strict=True):
+        a = np.asarray(a)
+        if a.shape != r.type.shape:
+            raise AssertionError(f"{op.describe()}: reference produced shape {a.shape}, type says {r.type}")
+        out.append(a.astype(r.type.dtype.np_dtype, copy=False))
+    return out
 
 
 # -- constants, elementwise ---------------------------------------------------------------------------------

@@ -228,7 +228,12 @@ class _Parser:
             while not self.accept("}"):
                 key = self.match(_IDENT, "a resource name").group(0)
                 self.expect(":")
-                blobs[key] = self.match(_STRING, "base64 data").group(0)[1:-1]
+                self.expect('"')
+                end = self.text.find('"', self.pos)  # base64 has no quotes or escapes: no regex over megabytes
+                if end < 0:
+                    raise self.error(f"unterminated data for resource '{key}'")
+                blobs[key] = self.text[self.pos:end]
+                self.pos = end + 1
         self.skip()
         if self.pos != len(self.text):
             raise self.error("unexpected text after the graph")
