@@ -495,7 +495,7 @@ def _resize_common(c: Ctx, x: Value, scales, sizes, mode, ctm, nearest_mode):
     shape = x.type.shape
     if sizes is not None:
         sizes = list(sizes)
-        scales = [o / i if i else 1.0 for o, i in zip(sizes, shape)]
+        scales = [float(np.float32(o) / np.float32(i)) if i else 1.0 for o, i in zip(sizes, shape)]
     else:
         scales = [float(np.float32(s)) for s in scales]
         sizes = [int(math.floor(i * s)) for i, s in zip(shape, scales)]
@@ -628,6 +628,8 @@ def _batch_norm(c: Ctx):
 @converter("LRN")
 def _lrn(c: Ctx):
     a = c.attrs(size=None, alpha=1e-4, beta=0.75, bias=1.0)
+    if a["size"] is None or a["size"] % 2 == 0:
+        raise NodeError(f"size {a['size']} is not supported (odd sizes are; onnxruntime refuses even ones too)")
     return c.op("lrn", [c.need(0, "X")], a)
 
 
@@ -773,6 +775,8 @@ def _dequantize(c: Ctx):
     qtype = TensorType(x.type.shape, x.type.dtype, q)
     if x.is_const:  # a quantized weight: its parameters move into the constant's type
         x = c.const_value(x.const_value, type=qtype)
+    elif x.producer is None and x.type.quant is None:  # an integer graph input: it is this quantized tensor
+        x.type = qtype
     elif x.type.quant != q:
         raise NodeError(f"input '{c.node.input[0]}' is not quantized with this node's scale and zero point "
                         "(only DequantizeLinear of a constant or of a matching QuantizeLinear is supported)")

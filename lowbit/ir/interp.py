@@ -260,18 +260,22 @@ def _pad(op, x):
 
 
 def _resize_coords(out_len, in_len, scale, mode):
-    x = np.arange(out_len, dtype=np.float64)
+    """Input coordinate of every output index, in float32 arithmetic in onnxruntime's order of operations
+    (a float64 computation rounds differently at exact halves, e.g. 4 / 1.6f)."""
+    f = np.float32
+    x = np.arange(out_len, dtype=f)
+    scale = f(scale)
     if mode == "asymmetric":
         return x / scale
     if mode == "align_corners":
-        return x * (in_len - 1) / (out_len - 1) if out_len > 1 else np.zeros_like(x)
+        return x * f(in_len - 1) / f(out_len - 1) if out_len > 1 else np.zeros_like(x)
     if mode == "pytorch_half_pixel":
-        return (x + 0.5) / scale - 0.5 if out_len > 1 else np.zeros_like(x)
+        return (x + f(0.5)) / scale - f(0.5) if out_len > 1 else np.zeros_like(x)
     if mode == "half_pixel_symmetric":
-        adjustment = out_len / (scale * in_len)
-        offset = in_len / 2 * (1 - adjustment)
-        return offset + (x + 0.5) / scale - 0.5
-    return (x + 0.5) / scale - 0.5  # half_pixel
+        adjustment = f(out_len) / (scale * f(in_len))
+        offset = f(in_len) / f(2) * (f(1) - adjustment)
+        return offset + (x + f(0.5)) / scale - f(0.5)
+    return (x + f(0.5)) / scale - f(0.5)  # half_pixel
 
 
 @impl("resize")
@@ -290,9 +294,9 @@ def _resize(op, x):
             elif nm == "ceil":
                 i = np.ceil(c)
             elif nm == "round_prefer_ceil":
-                i = np.floor(c + 0.5)
+                i = np.floor(c + np.float32(0.5))
             else:
-                i = np.ceil(c - 0.5)
+                i = np.ceil(c - np.float32(0.5))
             y = np.take(y, np.clip(i, 0, in_len - 1).astype(np.int64), axis=ax)
         else:
             c = np.clip(c, 0, in_len - 1)
