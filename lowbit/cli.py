@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from . import __version__
@@ -68,15 +69,36 @@ def _write_text(text: str, out: str | None) -> None:
         raise LowbitError(f"cannot write {out}: {e.strerror}") from None
 
 
-def cmd_opt(args) -> int:
-    from .passes import PassContext, run_pipeline
+SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
 
-    g = load_any(args.file, dict(args.shape or []))
+
+def split_input(text: str) -> list[str]:
+    """Cases of a ``// -----``-separated file, each padded with newlines so error line numbers stay true."""
+    chunks, line = [], 0
+    for part in SPLIT_MARKER.split(text):
+        chunks.append("\n" * line + part)
+        line += part.count("\n")
+    return chunks
+
+
+def cmd_opt(args) -> int:
+    from .ir import parse
+    from .passes import PassContext, parse_pipeline, run_pipeline
+
+    pipeline = parse_pipeline(args.pipeline)  # a bad pipeline fails before any slow import
     ctx = PassContext(verify_each=not args.no_verify_each, print_after_all=args.print_after_all,
                       timing=args.timing, debug_rewrites=args.debug_rewrites)
-    if args.pipeline:
-        g = run_pipeline(g, args.pipeline, ctx)
-    _write_text(str(g), args.output)
+    if args.split_input_file:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                chunks = split_input(f.read())
+        except (OSError, UnicodeDecodeError) as e:
+            raise LowbitError(f"{args.file}: cannot read IR text: {e}") from None
+        graphs = [parse(c, source=args.file) for c in chunks]
+    else:
+        graphs = [load_any(args.file, dict(args.shape or []))]
+    texts = [str(run_pipeline(g, pipeline, ctx)) for g in graphs]
+    _write_text("// -----\n".join(texts), args.output)
     return 0
 
 
@@ -97,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     o.add_argument("--timing", action="store_true", help="print per-pass wall time (stderr)")
     o.add_argument("--debug-rewrites", action="store_true", help="print why rewrite rules declined (stderr)")
+    o.add_argument("--split-input-file", action="store_true",
+                   help="treat '// -----' lines as separators between independent IR graphs")
     o.add_argument("--no-verify-each", action="store_true", help="skip verifying the graph after every pass")
     o.set_defaults(func=cmd_opt)
     return p

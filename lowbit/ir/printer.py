@@ -31,8 +31,8 @@ def fmt_scalar(v, dtype: DType) -> str:
         return "true" if v else "false"
     if dtype.is_integer:
         return str(int(v))
-    if dtype.np_dtype == np.float32:
-        return str(np.float32(v))  # shortest text that round-trips through float32
+    if dtype.np_dtype in (np.float32, np.float16):
+        return str(dtype.np_dtype.type(v))  # numpy prints the shortest text that round-trips in that width
     return repr(float(v))
 
 
