@@ -1,5 +1,7 @@
 """lowbit: a compiler for low-precision neural networks.
 
+The package imports lazily: ``import lowbit.runtime`` loads none of the compiler.
+
 >>> import lowbit
 >>> g = lowbit.parse('graph @g(%x: tensor<2xf32>) {\\n  %0 = relu(%x) : tensor<2xf32>\\n  return %0 as "y"\\n}\\n')
 >>> g = lowbit.run_passes(g, "canonicalize,dce")
@@ -7,7 +9,6 @@
 __version__ = "0.1.0"
 
 from .errors import LowbitError
-from .ir import Graph, interpret, parse
 
 
 def load(path_or_module, example_inputs=None, *, shapes=None):
@@ -22,10 +23,25 @@ def load(path_or_module, example_inputs=None, *, shapes=None):
 
 
 def run_passes(graph, pipeline: str, ctx=None):
-    """Run pipeline text (``"fold-constants,dce"``) or a preset name over ``graph``; return the result."""
+    """Run pipeline text (``"fold-constants,dce"``) or a preset name over a copy of ``graph``; return it."""
     from .passes import run_pipeline
 
     return run_pipeline(graph, pipeline, ctx)
 
 
-__all__ = ["__version__", "LowbitError", "Graph", "interpret", "parse", "load", "run_passes"]
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None):
+    """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``)."""
+    from .codegen import compile as _compile
+
+    return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress)
+
+
+def __getattr__(name):
+    if name in ("Graph", "interpret", "parse"):
+        from . import ir
+
+        return getattr(ir, name)
+    raise AttributeError(f"module 'lowbit' has no attribute {name!r}")
+
+
+__all__ = ["__version__", "LowbitError", "Graph", "interpret", "parse", "load", "run_passes", "compile"]

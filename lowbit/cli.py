@@ -6,6 +6,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -102,6 +103,156 @@ def cmd_opt(args) -> int:
     return 0
 
 
+def _pipeline_arg(args) -> str:
+    if args.pipeline is not None and args.preset is not None:
+        raise LowbitError("give --pipeline or --preset, not both")
+    if args.preset is not None:
+        from .passes import PRESETS
+
+        if args.preset not in PRESETS:
+            raise LowbitError(f"unknown preset '{args.preset}' (known: {', '.join(PRESETS)})")
+        return args.preset
+    return args.pipeline if args.pipeline is not None else "O2"
+
+
+def cmd_compile(args) -> int:
+    from .codegen import compile as compile_model
+
+    art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []))
+    art.save(args.output)
+    if sys.stderr.isatty():
+        print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def _read_npz(path: str) -> dict:
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise LowbitError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # numpy raises several types for a bad archive
+        raise LowbitError(f"{path}: not a readable .npz archive ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def _runtime():
+    # `lowbit run` and `lowbit bench` need only TVM's runtime library; load nothing more if TVM is not in yet.
+    if "tvm" not in sys.modules:
+        os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    from . import runtime
+
+    return runtime
+
+
+def cmd_run(args) -> int:
+    import numpy as np
+
+    rt = _runtime()
+    m = rt.load(args.artifact)
+    out = m.run(_read_npz(args.inputs))
+    tmp = f"{args.output}.tmp{os.getpid()}.npz"
+    try:
+        np.savez(tmp, **out)
+        os.replace(tmp, args.output)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise LowbitError(f"cannot write {args.output}: {e.strerror}") from None
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .runtime.artifact import read_artifact
+
+    manifest, members = read_artifact(args.artifact)
+    if args.json:
+        print(json.dumps(manifest, sort_keys=True))
+        return 0
+    t = manifest["target"]
+    lines = [f"artifact   {args.artifact} (format {manifest['format_version']})",
+             f"model      {manifest.get('name', '?')}",
+             f"target     {json.dumps({k: v for k, v in t.items() if k != 'host'})}",
+             f"pipeline   {manifest['pipeline'] or '(none)'}",
+             "versions   " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
+             f"compiled   in {manifest.get('compile_seconds', '?')} s"]
+    for kind in ("inputs", "outputs"):
+        lines.append(f"{kind}:")
+        for spec in manifest[kind]:
+            q = f", {spec['quant']}" if spec.get("quant") else ""
+            lines.append(f"  {spec['name']}: {spec['dtype']}[{'x'.join(map(str, spec['shape']))}]{q}")
+    layers = manifest.get("layers", [])
+    lines.append(f"layers ({len(layers)}):")
+    width = max((len(layer["name"]) for layer in layers), default=4)
+    for layer in layers:
+        lines.append(f"  {layer['name']:<{width}}  {layer['op']:<16} in {layer['input']:<5} weight {layer['weight']:<5} "
+                     f"out {layer['output']}")
+    lines.append("members:")
+    for name, digest in manifest["members"].items():
+        lines.append(f"  {name}  {len(members[name]):>10} bytes  sha256 {digest[:16]}")
+    print("\n".join(lines))
+    return 0
+
+
+def _bench_onnxruntime(model: str, inputs: dict, threads: int, runs: int, warmup: int) -> dict:
+    import statistics
+    import time
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise LowbitError("--vs needs onnxruntime: pip install onnxruntime") from None
+    if not os.path.isfile(model):
+        raise LowbitError(f"{model}: no such file")
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise LowbitError(f"{model}: onnxruntime cannot load it: {str(e).splitlines()[0]}") from None
+    names = [i.name for i in sess.get_inputs()]
+    feed = {n: inputs[n] for n in names if n in inputs}
+    if len(feed) != len(names):
+        raise LowbitError(f"{model}: its inputs {names} differ from the artifact's {sorted(inputs)}")
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        sess.run(None, feed)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times), "runs": runs}
+
+
+def cmd_bench(args) -> int:
+    rt = _runtime()
+    m = rt.load(args.artifact)
+    threads = args.threads or rt.host.host_cores()
+    rt.set_threads(threads)
+    inputs = _read_npz(args.inputs) if args.inputs else rt.example_inputs(m.manifest)
+    ours = m.benchmark(inputs, runs=args.runs, warmup=args.warmup)
+    result = {"lowbit_ms": round(ours["median_ms"], 4), "threads": threads, "runs": args.runs,
+              "device": "cuda" if m.manifest["target"]["kind"] == "cuda" else "cpu"}
+    peer = None
+    if args.vs:
+        peer = _bench_onnxruntime(args.vs, inputs, threads, args.runs, args.warmup)
+        result["onnxruntime_ms"] = round(peer["median_ms"], 4)
+        result["ratio"] = round(ours["median_ms"] / peer["median_ms"], 4)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"lowbit       {ours['median_ms']:10.3f} ms  (median of {args.runs}, min {ours['min_ms']:.3f}, "
+          f"max {ours['max_ms']:.3f}; {threads} threads)")
+    if peer:
+        print(f"onnxruntime  {peer['median_ms']:10.3f} ms  (median of {args.runs}, min {peer['min_ms']:.3f}, "
+              f"max {peer['max_ms']:.3f}; {threads} threads)")
+        print(f"ratio lowbit/onnxruntime: {result['ratio']:.3f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lowbit", description="lowbit: a compiler for low-precision neural networks.")
     p.add_argument("--version", action="version", version=f"lowbit {__version__}")
@@ -123,6 +274,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="treat '// -----' lines as separators between independent IR graphs")
     o.add_argument("--no-verify-each", action="store_true", help="skip verifying the graph after every pass")
     o.set_defaults(func=cmd_opt)
+
+    c = sub.add_parser("compile", help="compile a model into a one-file artifact",
+                       description="Import a model, run a pass pipeline, build it with TVM, write an artifact.")
+    c.add_argument("model", help="an .onnx model (or lowbit IR text)")
+    c.add_argument("-o", "--output", required=True, help="the artifact to write (e.g. model.lbit)")
+    c.add_argument("--target", default="auto",
+                   help="auto (this CPU), cpu, cuda, cuda:sm_XX, or a TVM target JSON object (default: auto)")
+    c.add_argument("--pipeline", help="pass pipeline text (default: the O2 preset)")
+    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2")))
+    c.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
+                   help="bind a symbolic input shape (repeatable)")
+    c.set_defaults(func=cmd_compile)
+
+    r = sub.add_parser("run", help="run an artifact on inputs from an .npz file",
+                       description="Run an artifact; npz keys are the model's input and output names.")
+    r.add_argument("artifact")
+    r.add_argument("--inputs", required=True, help=".npz with one array per model input")
+    r.add_argument("-o", "--output", required=True, help=".npz to write the outputs to")
+    r.set_defaults(func=cmd_run)
+
+    b = sub.add_parser("bench", help="time an artifact (and onnxruntime with --vs) in this process",
+                       description="Median latency of an artifact after warm-up, optionally beside onnxruntime "
+                                   "on the same inputs with the same thread count.")
+    b.add_argument("artifact")
+    b.add_argument("--inputs", help=".npz inputs (default: random inputs of the right shapes)")
+    b.add_argument("--vs", metavar="MODEL.onnx", help="also time this ONNX model with onnxruntime")
+    b.add_argument("--runs", type=int, default=50, help="timed runs (default 50)")
+    b.add_argument("--warmup", type=int, default=5, help="untimed runs first (default 5)")
+    b.add_argument("--threads", type=int, help="threads for lowbit and onnxruntime (default: all cores)")
+    b.add_argument("--json", action="store_true", help='one line: {"lowbit_ms": .., "onnxruntime_ms": .., "ratio": ..}')
+    b.set_defaults(func=cmd_bench)
+
+    i = sub.add_parser("inspect", help="show an artifact's manifest", description="Show an artifact's manifest.")
+    i.add_argument("artifact")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=cmd_inspect)
     return p
 
 

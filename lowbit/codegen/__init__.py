@@ -1,0 +1,156 @@
+"""Code generation: IR → Relax (``lower.py``) → TVM build → an ``Artifact``.
+
+>>> art = lowbit.compile("examples/tiny_cnn.onnx", target="cpu")   # doctest: +SKIP
+>>> art.save("tiny_cnn.lbit")                                     # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+
+from .. import __version__
+from ..errors import LowbitError
+from ..progress import Progress
+from ..runtime.artifact import LIBRARY, sha256, write_artifact
+from .lower import to_relax
+from .target import resolve_target, tvm_target
+
+COMPUTE_OPS = {"conv2d", "conv_transpose2d", "matmul", "gemm"}
+
+
+class Artifact:
+    """A compiled model in memory: the manifest and the member files; ``save`` writes the one-file artifact."""
+
+    def __init__(self, manifest: dict, members: dict[str, bytes]):
+        self.manifest, self.members = manifest, members
+
+    def save(self, path) -> None:
+        write_artifact(path, self.manifest, self.members)
+
+
+def _io_spec(values, names) -> list[dict]:
+    out = []
+    for v, n in zip(values, names):
+        spec = {"name": n, "shape": list(v.type.shape), "dtype": v.type.dtype.name}
+        if v.type.quant is not None:
+            spec["quant"] = str(v.type.quant)
+        out.append(spec)
+    return out
+
+
+def layer_precision(graph) -> list[dict]:
+    """One record per compute op: its name, op, activation dtype and weight dtype."""
+    layers = []
+    for i, op in enumerate(graph.ops):
+        if op.opname not in COMPUTE_OPS:
+            continue
+        w = op.operands[1].type
+        layers.append({"name": op.loc or f"{op.opname}_{i}", "op": op.opname,
+                       "input": op.operands[0].type.dtype.name, "weight": w.dtype.name,
+                       "output": op.result.type.dtype.name})
+    return layers
+
+
+def _build_cpu(mod, target):
+    import tvm
+
+    return tvm.compile(mod, tvm_target(target))
+
+
+def _build_cuda(mod, target):
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import dlight as dl
+
+    t = tvm_target(target)
+    mod = relax.transform.LegalizeOps()(mod)
+    mod = relax.transform.AnnotateTIROpPattern()(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.FuseOps()(mod)
+    mod = relax.transform.FuseTIR()(mod)
+    with t:
+        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+    return tvm.compile(mod, t)
+
+
+def _cuda_device_code(ex, target) -> dict[str, bytes]:
+    """Compile every CUDA source module of the executable to a fatbin with nvcc, keyed by source sha256."""
+    import tvm
+    from tvm.support import nvcc
+
+    blobs, seen, stack = {}, set(), [ex.mod]
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        stack.extend(m.imports)
+        if m.kind == "cuda":
+            src = m.inspect_source()
+            with tvm.target.Target({"kind": "cuda", "arch": target["arch"]}):
+                try:
+                    fatbin = nvcc.compile_cuda(src, target_format="fatbin", compiler="nvcc")
+                except Exception as e:
+                    raise LowbitError(f"nvcc could not compile the CUDA kernels: {str(e).splitlines()[0]}") from None
+            blobs[f"cuda/{sha256(src.encode())}.fatbin"] = bytes(fatbin)
+    if not blobs:
+        raise LowbitError("the CUDA build produced no device code")
+    return blobs
+
+
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None) -> Artifact:
+    """Import (if given a path), run ``pipeline``, lower to TVM, build for ``target``; return an Artifact."""
+    import tvm
+
+    from ..frontend import load
+    from ..ir.graph import Graph
+    from ..passes import parse_pipeline, run_pipeline
+
+    prog = progress if isinstance(progress, Progress) else Progress(progress)
+    t_start = time.perf_counter()
+    target = resolve_target(target)
+    passes = parse_pipeline(pipeline)
+    if isinstance(graph_or_path, Graph):
+        graph = graph_or_path
+    else:
+        with prog.step("importing"):
+            graph = load(graph_or_path, shapes=shapes)
+    with prog.step(f"running passes ({str(passes) or 'none'})"):
+        graph = run_pipeline(graph, passes)
+    with prog.step("lowering to TVM Relax"):
+        mod = to_relax(graph)
+    with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):
+        try:
+            ex = _build_cuda(mod, target) if target["kind"] == "cuda" else _build_cpu(mod, target)
+        except LowbitError:
+            raise
+        except Exception as e:
+            raise LowbitError(f"TVM could not build the model: {str(e).strip().splitlines()[-1]}") from None
+    members = {}
+    if target["kind"] == "cuda":
+        with prog.step("compiling CUDA device code with nvcc"):
+            members.update(_cuda_device_code(ex, target))
+    with prog.step("exporting the library"):
+        with tempfile.TemporaryDirectory() as d:
+            lib = os.path.join(d, "model.so")
+            ex.export_library(lib)
+            with open(lib, "rb") as f:
+                members[LIBRARY] = f.read()
+    manifest = {
+        "name": graph.name,
+        "inputs": _io_spec(graph.inputs, [v.name for v in graph.inputs]),
+        "outputs": _io_spec(graph.outputs, graph.output_names),
+        "target": target,
+        "pipeline": str(passes),
+        "layers": layer_precision(graph),
+        "versions": {"lowbit": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
+        "compile_seconds": round(time.perf_counter() - t_start, 3),
+    }
+    return Artifact(manifest, members)
+
+
+__all__ = ["Artifact", "compile", "resolve_target", "to_relax"]

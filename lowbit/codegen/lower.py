@@ -1,0 +1,588 @@
+"""IR → Relax: one lowering rule per IR op, in one table.
+
+Rules use Relax's own ops where their semantics are exactly the IR's, and TE (``bb.emit_te``) where they are
+not (round-half-to-even, truncating integer division, ONNX slice/gather/pad/resize index maths, quantize).
+``tests/test_codegen.py`` checks every registered op against the reference interpreter.
+"""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+import numpy as np
+
+from ..errors import LowbitError
+from ..ir import dtypes as dt
+from ..ir.graph import Graph, Op
+from ..ir.registry import slice_dim
+
+RULES: dict[str, Callable] = {}
+SUPPORTED_DTYPES = {dt.f32, dt.f16, dt.bf16, dt.f64, dt.i64, dt.i32, dt.i16, dt.i8, dt.u8, dt.boolean}
+
+
+def rule(*names):
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+class Lowerer:
+    def __init__(self, bb):
+        from tvm import relax, te
+        import tvm.tirx as tir
+
+        self.bb, self.relax, self.R, self.te, self.tir = bb, relax, relax.op, te, tir
+
+    def const(self, array, dtype=None):
+        a = np.asarray(array)
+        if dtype is not None:
+            a = a.astype(dtype)
+        return self.relax.const(a, str(a.dtype))
+
+    def scalar(self, value, dtype: str):
+        return self.relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    def emit(self, expr):
+        return self.bb.emit(expr)
+
+    def te_(self, fn, *args, name="lowbit_te"):
+        return self.bb.emit_te(fn, *args, primfunc_name_hint=name)
+
+
+def _np(t):
+    return t.dtype.np_dtype.name if t.dtype != dt.boolean else "bool"
+
+
+# -- elementwise --------------------------------------------------------------------------------------------------
+_BIN = {"add": "add", "sub": "subtract", "mul": "multiply", "pow": "power", "max": "maximum", "min": "minimum",
+        "equal": "equal", "less": "less", "greater": "greater", "less_equal": "less_equal",
+        "greater_equal": "greater_equal", "and": "logical_and", "or": "logical_or", "xor": "logical_xor"}
+_UN = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt": "sqrt", "erf": "erf",
+       "floor": "floor", "ceil": "ceil", "sin": "sin", "cos": "cos", "neg": "negative", "abs": "abs",
+       "sign": "sign", "not": "logical_not"}
+
+
+@rule(*_BIN)
+def _binary(L: Lowerer, op: Op, a, b):
+    return getattr(L.R, _BIN[op.opname])(a, b)
+
+
+@rule(*_UN)
+def _unary(L: Lowerer, op: Op, x):
+    return getattr(L.R, _UN[op.opname])(x)
+
+
+@rule("div")
+def _div(L: Lowerer, op: Op, a, b):
+    if op.result.type.dtype.is_float:
+        return L.R.divide(a, b)
+    shape = op.result.type.shape
+
+    def fn(A, B):  # C semantics: truncate toward zero (relax/topi floor-divides integers)
+        return L.te.compute(shape, lambda *i: L.tir.truncdiv(_bcast(A, i, shape), _bcast(B, i, shape)))
+    return L.te_(fn, a, b, name="lowbit_truncdiv")
+
+
+def _bcast(T, idx, out_shape):
+    """Index tensor T (numpy-broadcast to out_shape) at output index idx."""
+    off = len(out_shape) - len(T.shape)
+    return T[tuple(0 if int(T.shape[k]) == 1 else idx[k + off] for k in range(len(T.shape)))]
+
+
+@rule("identity", "dropout")
+def _identity(L, op, x):
+    return x
+
+
+@rule("relu")
+def _relu(L, op, x):
+    return L.R.nn.relu(x)
+
+
+@rule("reciprocal")
+def _reciprocal(L, op, x):
+    return L.R.divide(L.scalar(1, _np(op.result.type)), x)
+
+
+@rule("round")
+def _round(L, op, x):
+    shape = op.result.type.shape
+    return L.te_(lambda X: L.te.compute(shape, lambda *i: L.tir.nearbyint(X[i])), x, name="lowbit_round")
+
+
+@rule("softplus")
+def _softplus(L, op, x):
+    return L.R.nn.softplus(x)
+
+
+@rule("gelu")
+def _gelu(L, op, x):
+    return L.R.nn.gelu(x) if op.attrs["approximate"] == "none" else L.R.nn.gelu_tanh(x)
+
+
+@rule("hard_sigmoid")
+def _hard_sigmoid(L, op, x):
+    d = _np(op.result.type)
+    y = L.R.add(L.R.multiply(x, L.scalar(op.attrs["alpha"], d)), L.scalar(op.attrs["beta"], d))
+    return L.R.minimum(L.R.maximum(y, L.scalar(0, d)), L.scalar(1, d))
+
+
+@rule("hard_swish")
+def _hard_swish(L, op, x):
+    d = _np(op.result.type)
+    y = L.R.add(L.R.multiply(x, L.scalar(1 / 6, d)), L.scalar(0.5, d))
+    return L.R.multiply(x, L.R.minimum(L.R.maximum(y, L.scalar(0, d)), L.scalar(1, d)))
+
+
+@rule("leaky_relu")
+def _leaky_relu(L, op, x):
+    d = _np(op.result.type)
+    return L.R.where(L.R.less(x, L.scalar(0, d)), L.R.multiply(x, L.scalar(op.attrs["alpha"], d)), x)
+
+
+@rule("elu")
+def _elu(L, op, x):
+    d = _np(op.result.type)
+    neg = L.R.multiply(L.scalar(op.attrs["alpha"], d), L.R.subtract(L.R.exp(x), L.scalar(1, d)))
+    return L.R.where(L.R.less(x, L.scalar(0, d)), neg, x)
+
+
+@rule("prelu")
+def _prelu(L, op, x, s):
+    d = _np(op.result.type)
+    return L.R.where(L.R.less(x, L.scalar(0, d)), L.R.multiply(x, s), x)
+
+
+@rule("clip")
+def _clip(L, op, x):
+    t = op.result.type
+    d = _np(t)
+    lo, hi = op.attrs["min"], op.attrs["max"]
+    if t.dtype.is_integer:
+        info = np.iinfo(t.dtype.np_dtype)
+        lo = info.min if lo == float("-inf") else int(lo)
+        hi = info.max if hi == float("inf") else int(hi)
+    y = x
+    if lo != float("-inf"):
+        y = L.R.maximum(y, L.scalar(lo, d))
+    if hi != float("inf"):
+        y = L.R.minimum(y, L.scalar(hi, d))
+    return y
+
+
+@rule("where")
+def _where(L, op, c, a, b):
+    return L.R.where(c, a, b)
+
+
+@rule("cast")
+def _cast(L, op, x):
+    to = op.attrs["to"]
+    if to == dt.boolean:
+        return L.R.not_equal(x, L.scalar(0, _np(op.operands[0].type)))
+    if to.name.startswith("f8") or to in (dt.i4, dt.u4):
+        raise LowbitError(f"{op.describe()}: codegen of casts to {to.name} is not implemented")
+    return L.R.astype(x, _np(op.result.type))
+
+
+# -- quantization -------------------------------------------------------------------------------------------------
+def _qconsts(L, q, rank, dtype_scale="float32"):
+    shape = q.broadcast_shape(rank)
+    return (L.const(q.scale_array().reshape(shape)), L.const(q.zero_point_array().astype(np.int32).reshape(shape)))
+
+
+def _quantize_expr(L, x, t):
+    lo, hi = t.dtype.iinfo()
+    shape = t.shape
+    q = t.quant
+    scale = q.scale_array().reshape(q.broadcast_shape(t.rank))
+    zp = q.zero_point_array().astype(np.int32).reshape(q.broadcast_shape(t.rank))
+    out = _np(t)
+
+    def fn(X, S, Z):
+        def body(*i):
+            r = L.tir.nearbyint(X[i] / _bcast(S, i, shape)).astype("int32") + _bcast(Z, i, shape)
+            return L.tir.max(L.tir.min(r, hi), lo).astype(out)
+        return L.te.compute(shape, body)
+    return L.te_(fn, x, L.const(scale), L.const(zp), name="lowbit_quantize")
+
+
+def _dequantize_expr(L, q, t):
+    scale, zp = _qconsts(L, t.quant, t.rank)
+    return L.R.multiply(L.R.astype(L.R.subtract(L.R.astype(q, "int32"), zp), "float32"), scale)
+
+
+@rule("quantize")
+def _quantize(L, op, x):
+    return _quantize_expr(L, x, op.result.type)
+
+
+@rule("dequantize")
+def _dequantize(L, op, q):
+    return _dequantize_expr(L, q, op.operands[0].type)
+
+
+@rule("requantize")
+def _requantize(L, op, q):
+    return _quantize_expr(L, L.emit(_dequantize_expr(L, q, op.operands[0].type)), op.result.type)
+
+
+# -- shape ops ----------------------------------------------------------------------------------------------------
+@rule("reshape")
+def _reshape(L, op, x):
+    return L.R.reshape(x, op.attrs["shape"])
+
+
+@rule("transpose")
+def _transpose(L, op, x):
+    return L.R.permute_dims(x, list(op.attrs["perm"]))
+
+
+@rule("concat")
+def _concat(L, op, *xs):
+    return L.R.concat(list(xs), axis=op.attrs["axis"])
+
+
+@rule("split")
+def _split(L, op, x):
+    idx = [int(v) for v in np.cumsum(op.attrs["sizes"])[:-1]]
+    t = L.emit(L.R.split(x, idx, axis=op.attrs["axis"]))
+    return [L.emit(L.relax.TupleGetItem(t, i)) for i in range(len(op.results))]
+
+
+@rule("slice")
+def _slice(L, op, x):
+    in_shape = op.operands[0].type.shape
+    shape = op.result.type.shape
+    start = [0] * len(in_shape)
+    step = [1] * len(in_shape)
+    for s, e, ax, st in zip(*(op.attrs[k] for k in ("starts", "ends", "axes", "steps"))):
+        start[ax], _, _ = slice_dim(in_shape[ax], s, e, st)
+        step[ax] = st
+    return L.te_(lambda X: L.te.compute(shape, lambda *i: X[tuple(start[k] + i[k] * step[k] for k in range(len(i)))]),
+                 x, name="lowbit_slice")
+
+
+@rule("gather")
+def _gather(L, op, data, idx):
+    axis = op.attrs["axis"]
+    dshape, ishape, shape = op.operands[0].type.shape, op.operands[1].type.shape, op.result.type.shape
+    n = dshape[axis]
+    ni = len(ishape)
+
+    def fn(D, I):
+        def body(*o):
+            j = I[o[axis:axis + ni]].astype("int64")
+            j = L.tir.Select(j < 0, j + n, j)
+            return D[o[:axis] + (j,) + o[axis + ni:]]
+        return L.te.compute(shape, body)
+    return L.te_(fn, data, idx, name="lowbit_gather")
+
+
+@rule("expand")
+def _expand(L, op, x):
+    return L.R.broadcast_to(x, op.result.type.shape)
+
+
+@rule("tile")
+def _tile(L, op, x):
+    return L.R.tile(x, list(op.attrs["repeats"]))
+
+
+@rule("pad")
+def _pad(L, op, x):
+    ishape, shape = op.operands[0].type.shape, op.result.type.shape
+    r = len(ishape)
+    begin = op.attrs["pads"][:r]
+    mode = op.attrs["mode"]
+    value = op.attrs["value"]
+    d = _np(op.result.type)
+
+    def fn(X):
+        def body(*o):
+            src = [o[k] - begin[k] for k in range(r)]
+            if mode == "constant":
+                inside = L.tir.all(*[L.tir.all(s >= 0, s < ishape[k]) for k, s in enumerate(src)])
+                safe = [L.tir.max(L.tir.min(s, ishape[k] - 1), 0) for k, s in enumerate(src)]
+                return L.tir.if_then_else(inside, X[tuple(safe)], L.tir.const(value, d))
+            idx = []
+            for k, s in enumerate(src):
+                n = ishape[k]
+                if mode == "edge" or n == 1:
+                    idx.append(L.tir.max(L.tir.min(s, n - 1), 0))
+                else:  # reflect (one reflection, as ONNX requires pads < dim)
+                    s = L.tir.Select(s < 0, -s, s)
+                    idx.append(L.tir.Select(s >= n, 2 * (n - 1) - s, s))
+            return X[tuple(idx)]
+        return L.te.compute(shape, body)
+    return L.te_(fn, x, name="lowbit_pad")
+
+
+@rule("resize")
+def _resize(L, op, x):
+    a = op.attrs
+    ishape, shape = op.operands[0].type.shape, op.result.type.shape
+    f = "float32"
+    tir = L.tir
+
+    def coord(o, in_len, out_len, scale):
+        xo = o.astype(f)
+        s = tir.const(scale, f)
+        m = a["coordinate_transformation_mode"]
+        half = tir.const(0.5, f)
+        if m == "asymmetric":
+            return xo / s
+        if m == "align_corners":
+            return xo * tir.const(in_len - 1, f) / tir.const(out_len - 1, f) if out_len > 1 else tir.const(0, f)
+        if m == "pytorch_half_pixel":
+            return (xo + half) / s - half if out_len > 1 else tir.const(0, f)
+        if m == "half_pixel_symmetric":
+            adj = np.float32(out_len) / (np.float32(scale) * np.float32(in_len))
+            off = np.float32(in_len) / np.float32(2) * (np.float32(1) - adj)
+            return tir.const(float(off), f) + (xo + half) / s - half
+        return (xo + half) / s - half
+
+    axes = [k for k in range(len(shape)) if not (shape[k] == ishape[k] and a["scales"][k] == 1.0)]
+    if a["mode"] == "nearest":
+        def fn(X):
+            def body(*o):
+                idx = list(o)
+                for k in axes:
+                    c = coord(o[k], ishape[k], shape[k], a["scales"][k])
+                    nm = a["nearest_mode"]
+                    half = tir.const(0.5, f)
+                    r = (tir.floor(c) if nm == "floor" else tir.ceil(c) if nm == "ceil" else
+                         tir.floor(c + half) if nm == "round_prefer_ceil" else tir.ceil(c - half))
+                    idx[k] = tir.max(tir.min(r.astype("int64"), ishape[k] - 1), 0)
+                return X[tuple(idx)]
+            return L.te.compute(shape, body)
+        return L.te_(fn, x, name="lowbit_resize_nearest")
+
+    def fn(X):  # linear: separable, weights in float32 from clamped coordinates
+        def body(*o):
+            terms = [(tir.const(1.0, f), list(o))]
+            for k in axes:
+                c = coord(o[k], ishape[k], shape[k], a["scales"][k])
+                c = tir.max(tir.min(c, tir.const(ishape[k] - 1, f)), tir.const(0, f))
+                lo = tir.floor(c).astype("int64")
+                hi = tir.min(lo + 1, ishape[k] - 1)
+                w = c - tir.floor(c)
+                new = []
+                for wt, idx in terms:
+                    new.append((wt * (tir.const(1.0, f) - w), idx[:k] + [lo] + idx[k + 1:]))
+                    new.append((wt * w, idx[:k] + [hi] + idx[k + 1:]))
+                terms = new
+            acc = None
+            for wt, idx in terms:
+                v = X[tuple(idx)].astype(f) * wt
+                acc = v if acc is None else acc + v
+            return acc.astype(X.dtype)
+        return L.te.compute(shape, body)
+    return L.te_(fn, x, name="lowbit_resize_linear")
+
+
+# -- reductions and normalisation ---------------------------------------------------------------------------------
+_RED = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "max", "reduce_min": "min", "reduce_prod": "prod"}
+
+
+@rule(*_RED)
+def _reduce(L, op, x):
+    axes = list(op.attrs["axes"]) or None
+    return getattr(L.R, _RED[op.opname])(x, axis=axes, keepdims=op.attrs["keepdims"])
+
+
+@rule("arg_max")
+def _arg_max(L, op, x):
+    ax, keep = op.attrs["axis"], op.attrs["keepdims"]
+    if op.attrs["select_last_index"]:
+        n = op.operands[0].type.shape[ax]
+        idx = L.emit(L.R.astype(L.R.argmax(L.R.flip(x, axis=ax), axis=ax, keepdims=keep), "int64"))
+        return L.R.subtract(L.scalar(n - 1, "int64"), idx)
+    return L.R.astype(L.R.argmax(x, axis=ax, keepdims=keep), "int64")
+
+
+@rule("softmax")
+def _softmax(L, op, x):
+    return L.R.nn.softmax(x, axis=op.attrs["axis"])
+
+
+@rule("log_softmax")
+def _log_softmax(L, op, x):
+    return L.R.nn.log_softmax(x, axis=op.attrs["axis"])
+
+
+@rule("layer_norm")
+def _layer_norm(L, op, x, scale, bias=None):
+    t = op.operands[0].type
+    axes = list(range(op.attrs["axis"] % t.rank, t.rank))
+    d = _np(t)
+    mean = L.emit(L.R.mean(x, axis=axes, keepdims=True))
+    diff = L.emit(L.R.subtract(x, mean))
+    var = L.emit(L.R.mean(L.R.multiply(diff, diff), axis=axes, keepdims=True))
+    y = L.R.multiply(L.R.divide(diff, L.R.sqrt(L.R.add(var, L.scalar(op.attrs["epsilon"], d)))), scale)
+    return y if bias is None else L.R.add(L.emit(y), bias)
+
+
+@rule("batch_norm")
+def _batch_norm(L, op, x, scale, bias, mean, var):
+    t = op.operands[0].type
+    shape = [1, -1] + [1] * (t.rank - 2)
+    d = _np(t)
+    inv = L.emit(L.R.divide(scale, L.R.sqrt(L.R.add(var, L.scalar(op.attrs["epsilon"], d)))))
+    y = L.R.multiply(L.R.subtract(x, L.R.reshape(mean, shape)), L.R.reshape(inv, shape))
+    return L.R.add(L.emit(y), L.R.reshape(bias, shape))
+
+
+@rule("lrn")
+def _lrn(L, op, x):
+    a = op.attrs
+    shape = op.result.type.shape
+    size, c = a["size"], shape[1]
+    lo = (size - 1) // 2
+    tir = L.tir
+
+    def fn(X):
+        k = L.te.reduce_axis((0, size), name="k")
+        sq = L.te.compute(shape, lambda n, ch, *s: L.te.sum(
+            tir.if_then_else(tir.all(ch - lo + k >= 0, ch - lo + k < c),
+                             X[(n, tir.max(tir.min(ch - lo + k, c - 1), 0)) + s] *
+                             X[(n, tir.max(tir.min(ch - lo + k, c - 1), 0)) + s], tir.const(0, X.dtype)), axis=k),
+            name="sqsum")
+        return L.te.compute(shape, lambda *i: X[i] / tir.power(
+            tir.const(a["bias"], X.dtype) + tir.const(a["alpha"] / size, X.dtype) * sq[i], tir.const(a["beta"], X.dtype)))
+    return L.te_(fn, x, name="lowbit_lrn")
+
+
+# -- linear algebra, convolution, pooling --------------------------------------------------------------------------
+@rule("matmul")
+def _matmul(L, op, a, b):
+    return L.R.matmul(a, b)
+
+
+@rule("gemm")
+def _gemm(L, op, a, b, c=None):
+    at = op.attrs
+    d = _np(op.result.type)
+    A = L.R.permute_dims(a, [1, 0]) if at["trans_a"] else a
+    B = L.R.permute_dims(b, [1, 0]) if at["trans_b"] else b
+    y = L.emit(L.R.matmul(A, B))
+    if at["alpha"] != 1.0:
+        y = L.emit(L.R.multiply(y, L.scalar(at["alpha"], d)))
+    if c is not None:
+        y = L.R.add(y, c if at["beta"] == 1.0 else L.R.multiply(c, L.scalar(at["beta"], d)))
+    return y
+
+
+def _add_bias(L, y, b):
+    return L.R.add(L.emit(y), L.R.reshape(b, [1, -1, 1, 1])) if b is not None else y
+
+
+@rule("conv2d")
+def _conv2d(L, op, x, w, b=None):
+    a = op.attrs
+    y = L.R.nn.conv2d(x, w, strides=a["strides"], padding=a["pads"], dilation=a["dilations"], groups=a["groups"])
+    return _add_bias(L, y, b)
+
+
+@rule("conv_transpose2d")
+def _conv_transpose2d(L, op, x, w, b=None):
+    a = op.attrs
+    y = L.R.nn.conv2d_transpose(x, w, strides=a["strides"], padding=a["pads"], output_padding=a["output_padding"],
+                                dilation=a["dilations"], groups=a["groups"])
+    return _add_bias(L, y, b)
+
+
+@rule("max_pool2d")
+def _max_pool(L, op, x):
+    a = op.attrs
+    return L.R.nn.max_pool2d(x, a["kernel"], a["strides"], a["pads"], a["dilations"], ceil_mode=a["ceil_mode"])
+
+
+@rule("avg_pool2d")
+def _avg_pool(L, op, x):
+    """Window sums divided by a per-position count computed here, exactly as the reference does."""
+    from ..ir.interp import _pool_pad, _windows
+
+    a = op.attrs
+    t = op.operands[0].type
+    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, np.zeros((1, 1) + t.shape[2:]), 0)
+    ones = np.ones((1, 1) + t.shape[2:], np.float32)
+    mask = np.pad(ones, [(0, 0), (0, 0), (pt, pb), (pl, pr)], constant_values=1 if a["count_include_pad"] else 0)
+    mask = np.pad(mask, [(0, 0), (0, 0), (0, eh), (0, ew)])
+    count = _windows(mask, *geo).sum(axis=(2, 3)).astype(_np(t))
+    xp = L.R.nn.pad(x, [0, 0, 0, 0, pt, pb + eh, pl, pr + ew])
+    s = L.emit(L.R.nn.avg_pool2d(xp, a["kernel"], a["strides"], (0, 0, 0, 0), count_include_pad=True))
+    k = a["kernel"][0] * a["kernel"][1]
+    return L.R.divide(L.R.multiply(s, L.scalar(k, _np(t))), L.const(count))
+
+
+@rule("global_avg_pool")
+def _gap(L, op, x):
+    return L.R.mean(x, axis=list(range(2, op.operands[0].type.rank)), keepdims=True)
+
+
+@rule("global_max_pool")
+def _gmp(L, op, x):
+    return L.R.max(x, axis=list(range(2, op.operands[0].type.rank)), keepdims=True)
+
+
+# -- the driver ------------------------------------------------------------------------------------------------------
+def _ident(name: str, used: set) -> str:
+    base = re.sub(r"\W", "_", name) or "input"
+    if base[0].isdigit():
+        base = "_" + base
+    n, i = base, 1
+    while n in used:
+        n, i = f"{base}_{i}", i + 1
+    used.add(n)
+    return n
+
+
+def check_lowerable(graph: Graph) -> None:
+    """Refuse, before any TVM work, ops and dtypes the code generator does not implement."""
+    problems = []
+    for op in graph.ops:
+        if op.opname not in RULES and op.opname != "const":
+            problems.append(f"{op.describe()}: no lowering rule for op '{op.opname}'")
+        for v in op.results + op.operands:
+            if v.type.dtype not in SUPPORTED_DTYPES:
+                problems.append(f"{op.describe()}: dtype {v.type.dtype.name} is not supported by codegen yet")
+                break
+            if v.type.quant is not None and v.type.quant.group is not None:
+                problems.append(f"{op.describe()}: group-wise quantization is not supported by codegen yet")
+                break
+    if problems:
+        raise LowbitError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+
+
+def to_relax(graph: Graph):
+    """An IRModule whose ``main`` takes the graph inputs (in order) and returns a tuple of its outputs."""
+    from tvm import relax
+
+    check_lowerable(graph)
+    bb = relax.BlockBuilder()
+    used: set = set()
+    params = [relax.Var(_ident(v.name, used), relax.TensorType(v.type.shape, _np(v.type))) for v in graph.inputs]
+    env = {id(v): p for v, p in zip(graph.inputs, params)}
+    L = Lowerer(bb)
+    with bb.function("main", params):
+        with bb.dataflow():
+            for op in graph.ops:
+                if op.opname == "const":
+                    env[id(op.result)] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
+                    continue
+                try:
+                    res = RULES[op.opname](L, op, *[env[id(v)] for v in op.operands])
+                except LowbitError:
+                    raise
+                except Exception as e:
+                    raise LowbitError(f"{op.describe()}: lowering to TVM failed: {str(e).splitlines()[0]}") from None
+                res = res if isinstance(res, list) else [res]
+                for r, e in zip(op.results, res, strict=True):
+                    env[id(r)] = e if isinstance(e, relax.Var) else L.emit(e)
+            outs = [env[id(v)] for v in graph.outputs]
+            out = bb.emit_output(relax.Tuple(outs))
+        bb.emit_func_output(out)
+    return bb.get()

@@ -1,0 +1,87 @@
+"""The artifact: one zip file (stored, not compressed) holding
+
+- ``manifest.json``: format version, inputs/outputs (names, shapes, dtypes), target, resolved pipeline,
+  lowbit and TVM versions, per-layer precision, and the sha256 of every other member;
+- ``lib/model.so``: the compiled library (weights are constants inside it; nothing is pickled);
+- ``cuda/<sha256>.fatbin``: device code for CUDA targets, keyed by the sha256 of its CUDA source.
+
+The reader verifies every hash before anything is loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import zipfile
+
+from ..errors import LowbitError
+
+FORMAT = "lowbit-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+LIBRARY = "lib/model.so"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_artifact(path, manifest: dict, members: dict[str, bytes]) -> None:
+    """Write atomically: a crash leaves no half-written artifact behind."""
+    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
+                    members={name: sha256(data) for name, data in sorted(members.items())})
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
+            z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+            for name, data in sorted(members.items()):
+                z.writestr(name, data)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise LowbitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
+def read_artifact(path) -> tuple[dict, dict[str, bytes]]:
+    """Read and verify an artifact; raise LowbitError naming what is wrong before anything is loaded."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LowbitError(f"{path}: no such artifact")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise LowbitError(f"{path}: cannot read: {e.strerror}") from None
+    bad = f"{path}: integrity check failed: the artifact is corrupt or was modified"
+    try:
+        z = zipfile.ZipFile(io.BytesIO(raw))
+        names = z.namelist()
+        if MANIFEST not in names:
+            raise LowbitError(f"{path}: not a lowbit artifact (no {MANIFEST})")
+        data = {n: z.read(n) for n in names}  # zipfile checks each member's CRC-32 here
+    except LowbitError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError, OSError, NotImplementedError) as e:
+        raise LowbitError(f"{bad} ({e})") from None
+    try:
+        manifest = json.loads(data.pop(MANIFEST))
+        if not isinstance(manifest, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise LowbitError(f"{path}: cannot read the manifest ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise LowbitError(f"{path}: not a lowbit artifact (format {manifest.get('format')!r})")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise LowbitError(f"{path}: artifact format version {version} is not supported by this runtime "
+                          f"(it reads version {FORMAT_VERSION}); recompile the model with this lowbit")
+    members = manifest.get("members")
+    if not isinstance(members, dict) or set(members) != set(data):
+        raise LowbitError(f"{bad} (member list differs from the manifest)")
+    for name, digest in members.items():
+        if sha256(data[name]) != digest:
+            raise LowbitError(f"{bad} (sha256 of {name} differs from the manifest)")
+    return manifest, data
