@@ -5,7 +5,9 @@
 - ``lib/model.so``: the compiled library (weights are constants inside it; nothing is pickled);
 - ``cuda/<sha256>.fatbin``: device code for CUDA targets, keyed by the sha256 of its CUDA source.
 
-The reader verifies every hash before anything is loaded.
+The zip comment, the last bytes of the file, seals it: ``lowbit-sha256:`` and the sha256 of every byte
+before it, so a flipped byte anywhere (member data, headers, central directory) is caught. The reader
+checks the seal and every member hash before anything is loaded.
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ FORMAT = "lowbit-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 LIBRARY = "lib/model.so"
+SEAL = b"lowbit-sha256:"
+SEAL_LEN = len(SEAL) + 64
 
 
 def sha256(data: bytes) -> str:
@@ -29,15 +33,21 @@ def sha256(data: bytes) -> str:
 
 def write_artifact(path, manifest: dict, members: dict[str, bytes]) -> None:
     """Write atomically: a crash leaves no half-written artifact behind."""
-    manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION,
-                    members={name: sha256(data) for name, data in sorted(members.items())})
+    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
+                "members": {name: sha256(data) for name, data in sorted(members.items())}}
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
+        z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for name, data in sorted(members.items()):
+            z.writestr(name, data)
+        z.comment = SEAL + b"0" * 64
+    raw = bytearray(buf.getvalue())
+    raw[-64:] = sha256(bytes(raw[:-SEAL_LEN])).encode()
     try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as z:
-            z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
-            for name, data in sorted(members.items()):
-                z.writestr(name, data)
+        with open(tmp, "wb") as f:
+            f.write(raw)
         os.replace(tmp, path)
     except OSError as e:
         if os.path.exists(tmp):
@@ -56,6 +66,12 @@ def read_artifact(path) -> tuple[dict, dict[str, bytes]]:
     except OSError as e:
         raise LowbitError(f"{path}: cannot read: {e.strerror}") from None
     bad = f"{path}: integrity check failed: the artifact is corrupt or was modified"
+    if len(raw) < SEAL_LEN or raw[-SEAL_LEN:-64] != SEAL:
+        if raw[:2] != b"PK":
+            raise LowbitError(f"{path}: not a lowbit artifact")
+        raise LowbitError(f"{bad} (its seal is missing)")
+    if sha256(raw[:-SEAL_LEN]).encode() != raw[-64:]:
+        raise LowbitError(f"{bad} (the file's sha256 differs from its seal)")
     try:
         z = zipfile.ZipFile(io.BytesIO(raw))
         names = z.namelist()
