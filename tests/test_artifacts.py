@@ -176,3 +176,23 @@ def test_compile_errors(tmp_path, zoo_dir):
                     "unknown preset 'O9'")
     _one_line_error(run_cli("compile", zoo_dir / "encoder.onnx", "-o", tmp_path / "x.lbit"), "symbolic input")
     assert not (tmp_path / "x.lbit").exists()
+
+
+@pytest.mark.skipif(__import__("shutil").which("nvcc") is None, reason="CUDA builds need nvcc on the build machine")
+def test_cuda_build_on_a_cpu_machine(zoo_dir, tmp_path):
+    """--target cuda builds here (device code compiled by nvcc into the artifact); running needs a GPU,
+    which benchmarks/cuda_check.py does on a CUDA machine."""
+    art = tmp_path / "enc_cuda.lbit"
+    run_cli("compile", zoo_dir / "encoder.onnx", "-o", art, "--target", "cuda", "--shape", "input_ids=1x128",
+            "--shape", "attention_mask=1x128", check_rc=0)
+    m = json.loads(run_cli("inspect", art, "--json", check_rc=0).stdout)
+    assert m["target"]["kind"] == "cuda" and m["target"]["arch"] == "sm_90a"
+    fatbins = [n for n in m["members"] if n.startswith("cuda/") and n.endswith(".fatbin")]
+    assert fatbins and "lib/model.so" in m["members"]
+    with zipfile.ZipFile(art) as z:
+        assert z.read(fatbins[0])[:4] == b"\x50\xed\x55\xba"  # the fatbin magic
+    import tvm
+
+    if not tvm.cuda(0).exist:
+        p = run_cli("run", art, "--inputs", zoo_dir / "encoder.npz", "-o", tmp_path / "o.npz")
+        _one_line_error(p, "CUDA")

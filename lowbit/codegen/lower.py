@@ -56,7 +56,7 @@ def _np(t):
 
 
 # -- elementwise --------------------------------------------------------------------------------------------------
-_BIN = {"add": "add", "sub": "subtract", "mul": "multiply", "pow": "power", "max": "maximum", "min": "minimum",
+_BIN = {"add": "add", "sub": "subtract", "mul": "multiply", "max": "maximum", "min": "minimum",
         "equal": "equal", "less": "less", "greater": "greater", "less_equal": "less_equal",
         "greater_equal": "greater_equal", "and": "logical_and", "or": "logical_or", "xor": "logical_xor"}
 _UN = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt": "sqrt", "erf": "erf",
@@ -89,6 +89,38 @@ def _bcast(T, idx, out_shape):
     """Index tensor T (numpy-broadcast to out_shape) at output index idx."""
     off = len(out_shape) - len(T.shape)
     return T[tuple(0 if int(T.shape[k]) == 1 else idx[k + off] for k in range(len(T.shape)))]
+
+
+@rule("pow")
+def _pow(L, op, a, b):
+    """x ** y with C pow semantics on every backend: CUDA's pow goes through exp(y * log x), which is NaN for
+    a negative base, so small constant exponents become multiplies and the rest |x| ** y with the sign of
+    an odd integral exponent restored."""
+    e = op.operands[1]
+    shape = op.result.type.shape
+    if e.is_const and e.type.size == 1 and op.operands[0].type.shape == shape:
+        v = float(e.const_value.reshape(-1)[0])
+        if v == 1.0:
+            return a
+        if v == 2.0:
+            return L.R.multiply(a, a)
+        if v == 3.0:
+            return L.R.multiply(L.emit(L.R.multiply(a, a)), a)
+        if v == 0.5:
+            return L.R.sqrt(a)
+    tir = L.tir
+    d = _np(op.result.type)
+
+    def fn(X, Y):
+        def body(*i):
+            x, y = _bcast(X, i, shape), _bcast(Y, i, shape)
+            r = tir.power(tir.abs(x), y)
+            integral = tir.floor(y) == y
+            odd = tir.all(integral, tir.floor(y * tir.const(0.5, d)) * tir.const(2, d) != y)
+            neg = tir.Select(integral, tir.Select(odd, -r, r), tir.const(float("nan"), d))
+            return tir.Select(x < tir.const(0, d), neg, r)
+        return L.te.compute(shape, body)
+    return L.te_(fn, a, b, name="lowbit_pow")
 
 
 @rule("identity", "dropout")

@@ -54,15 +54,14 @@ def _enable_cuda(blobs: dict[str, bytes]) -> None:
     import tvm_ffi
 
     _CUDA_BLOBS.update(blobs)
-    try:
-        tvm.cuda(0).exist  # noqa: B018 (loads nothing, but fails fast without a driver)
-    except Exception:
-        pass
     libdir = os.path.dirname(tvm.__file__)
     for root in (libdir, os.path.join(libdir, "lib")):
         cand = os.path.join(root, "libtvm_runtime_cuda.so")
         if os.path.exists(cand):
-            ctypes.CDLL(cand, mode=ctypes.RTLD_GLOBAL)
+            try:
+                ctypes.CDLL(cand, mode=ctypes.RTLD_GLOBAL)
+            except OSError as e:  # typically libcuda.so.1: no NVIDIA driver on this machine
+                raise LowbitError(f"the artifact is for CUDA, and TVM's CUDA runtime cannot load here ({e})") from None
             break
 
     def compile_callback(code, target=None):
