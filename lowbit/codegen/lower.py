@@ -313,6 +313,21 @@ def _gather(L, op, data, idx):
     return L.te_(fn, data, idx, name="lowbit_gather")
 
 
+@rule("gather_elements")
+def _gather_elements(L, op, data, idx):
+    axis = op.attrs["axis"]
+    n = op.operands[0].type.shape[axis]
+    shape = op.result.type.shape
+
+    def fn(D, I):
+        def body(*o):
+            j = I[o].astype("int64")
+            j = L.tir.Select(j < 0, j + n, j)
+            return D[o[:axis] + (j,) + o[axis + 1:]]
+        return L.te.compute(shape, body)
+    return L.te_(fn, data, idx, name="lowbit_gather_elements")
+
+
 @rule("expand")
 def _expand(L, op, x):
     return L.R.broadcast_to(x, op.result.type.shape)

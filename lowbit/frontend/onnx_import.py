@@ -454,6 +454,13 @@ def _gather(c: Ctx):
     return c.op("gather", [data, c.need(1, "indices")], {"axis": _axis(a["axis"], data.type.rank)})
 
 
+@converter("GatherElements")
+def _gather_elements(c: Ctx):
+    a = c.attrs(axis=0)
+    data = c.need(0, "data")
+    return c.op("gather_elements", [data, c.need(1, "indices")], {"axis": _axis(a["axis"], data.type.rank)})
+
+
 @converter("Expand")
 def _expand(c: Ctx):
     c.attrs()

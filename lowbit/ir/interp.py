@@ -246,6 +246,18 @@ def _gather(op, data, idx):
     return np.take(data, idx.astype(np.int64), axis=axis)
 
 
+@impl("gather_elements")
+def _gather_elements(op, data, idx):
+    axis = op.attrs["axis"] % data.ndim
+    n = data.shape[axis]
+    if idx.size and (idx.min() < -n or idx.max() >= n):
+        raise LowbitError(f"{op.describe()}: index out of range [{-n}, {n}) on axis {axis}")
+    idx = idx.astype(np.int64)
+    grid = list(np.ogrid[tuple(slice(0, d) for d in idx.shape)])  # indices may be smaller than data off-axis
+    grid[axis] = np.where(idx < 0, idx + n, idx)
+    return data[tuple(grid)]
+
+
 @impl("pad")
 def _pad(op, x):
     r = x.ndim

@@ -353,6 +353,16 @@ def _infer_gather(t, a):
     return [TensorType(data.shape[:ax] + idx.shape + data.shape[ax + 1:], data.dtype)]
 
 
+def _infer_gather_elements(t, a):
+    data, idx = t
+    if not idx.dtype.is_integer:
+        raise ValueError(f"indices must be integers, got {idx.dtype.name}")
+    if data.rank != idx.rank:
+        raise ValueError(f"data rank {data.rank} and indices rank {idx.rank} differ")
+    _norm_axis(a["axis"], data.rank)
+    return [TensorType(idx.shape, data.dtype)]
+
+
 def _infer_expand(t, a):
     return [TensorType(broadcast_shapes(t[0].shape, a["shape"]), t[0].dtype)]
 
@@ -393,6 +403,8 @@ register(OpSchema("slice", (1, 1), {"starts": Attr("ints"), "ends": Attr("ints")
                                     "steps": Attr("ints")}, _infer_slice))
 register(OpSchema("gather", (2, 2), {"axis": Attr("int", 0)}, _infer_gather,
                   doc="np.take; negative indices count from the end"))
+register(OpSchema("gather_elements", (2, 2), {"axis": Attr("int", 0)}, _infer_gather_elements,
+                  doc="out[.., j, ..] = data[.., index[.., j, ..], ..] on axis; negative indices count from the end"))
 register(OpSchema("expand", (1, 1), {"shape": Attr("ints")}, _infer_expand))
 register(OpSchema("pad", (1, 1), {"pads": Attr("ints"), "mode": Attr("str", "constant", ("constant", "reflect", "edge")),
                                   "value": Attr("float", 0.0)}, _infer_pad,

