@@ -215,37 +215,30 @@ def _train(x, y, cin, classes, epochs, seed=0):
     return model
 
 
-def _cached_model(key: str, build) -> bytes:
-    """ONNX bytes from the cache, or built once and stored (keyed by what determines the training)."""
-    path = CACHE / f"{key}.onnx"
-    if path.exists():
-        return path.read_bytes()
-    onnx = build()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(onnx)
-    tmp.replace(path)
-    return onnx
-
-
 def _classifier(name, x_train, y_train, x_test, y_test, cin, classes, epochs, batch) -> BenchModel:
+    """Train once (cached by a hash of the data and settings), export, and evaluate on the test split."""
     import torch
 
     key = hashlib.sha256(x_train.tobytes() + y_train.tobytes() + f"{epochs}-{torch.__version__}-v1".encode())
-    key = f"{name}-{key.hexdigest()[:16]}"
-
-    def build():
+    path = CACHE / f"{name}-{key.hexdigest()[:16]}.pt"
+    if path.exists():
+        model = _small_cnn(cin, classes)
+        model.load_state_dict(torch.load(path, weights_only=True))
+        model.eval()
+    else:
         model = _train(x_train, y_train, cin, classes, epochs)
-        return export(model, (torch.from_numpy(x_test[:2]),), ["input"])
-
-    onnx = _cached_model(key, build)
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(model.state_dict(), tmp)
+        tmp.replace(path)
+    onnx = export(model, (torch.from_numpy(x_test[:2]),), ["input"])
     n = len(x_test) - len(x_test) % batch
 
     def evaluate(run, b):
         pred = np.concatenate([run({"input": x_test[i:i + b]})["output"].argmax(1) for i in range(0, n, b)])
         return {"accuracy": float(np.mean(pred == y_test[:n])), "test_images": n}
 
-    return BenchModel(name, onnx, {"input": x_test[:1]}, evaluate=evaluate, eval_batch=batch,
+    return BenchModel(name, onnx, {"input": x_test[:1]}, torch_module=model, evaluate=evaluate, eval_batch=batch,
                       metric="top-1 accuracy on the held-out test set")
 
 
