@@ -18,19 +18,18 @@ CACHE = pathlib.Path(os.environ.get("XDG_CACHE_HOME", pathlib.Path.home() / ".ca
 
 @dataclasses.dataclass
 class BenchModel:
-    """``onnx``: bytes with a symbolic batch dimension named 'batch' on every input.
+    """``onnx``: bytes with symbolic batch (and, for text, sequence) dimensions on every input.
     ``inputs``: batch-1 inputs for latency. ``torch_module``: the PyTorch original, for its latency.
-    ``evaluate(run, batch)``: computes metrics from real data with ``run(inputs) -> outputs`` compiled for
-    ``eval_batch`` rows; returns {metric: value}. ``reference``: what the metric compares against."""
+    ``evaluate(make_run)``: computes {metric: value} from real data; ``make_run(shapes)`` returns a function
+    ``run(inputs) -> outputs`` for inputs of those static shapes (lowbit compiles one artifact per shape set;
+    onnxruntime takes any)."""
 
     name: str
     onnx: bytes
     inputs: dict
     torch_module: object = None
     evaluate: Callable | None = None
-    eval_batch: int = 1
     metric: str = ""
-    seq_shapes: dict | None = None  # extra static dims to bind besides batch, e.g. {"input_ids": 128}
 
     def shapes(self, batch: int) -> dict:
         out = {}
@@ -39,7 +38,7 @@ class BenchModel:
         return out
 
 
-def export(module, example: tuple, names: list[str], batch_names=("batch",), extra_dynamic=None) -> bytes:
+def export(module, example: tuple, names: list[str], extra_dynamic=None) -> bytes:
     """torch → ONNX bytes (TorchScript exporter, opset 17) with a dynamic batch axis on every input/output."""
     import io
     import warnings
