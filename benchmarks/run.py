@@ -213,10 +213,12 @@ def chart(report: dict, path: pathlib.Path) -> None:
     ax.bar(x + 0.2, [r["lowbit_vs_pytorch"] or 0 for r in rows], 0.4, label="lowbit / PyTorch")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_yscale("log")
+    top = max([r["lowbit_vs_onnxruntime"] for r in rows] + [r["lowbit_vs_pytorch"] or 0 for r in rows] + [1.0])
+    ax.set_ylim(top=top * 6)  # room for the legend above the tallest bar
     ax.set_xticks(x, names, rotation=20)
     ax.set_ylabel("latency ratio (lower is better)")
     ax.set_title(f"lowbit {report['suite']} suite, {report['threads']} threads, {report['date']}")
-    ax.legend()
+    ax.legend(loc="upper right", ncols=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

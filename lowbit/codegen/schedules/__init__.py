@@ -1,0 +1,207 @@
+"""lowbit's default CPU schedules: rules, like TVM's dlight for GPUs, applied to every TIR function.
+
+TVM 0.27 leaves CPU kernels as naive single-threaded loops. These rules, tried in order per function:
+
+- ``Contraction``: a reduction block whose body is ``C[...] += A[...] * B[...]`` (dense, batched matmul,
+  conv2d). The output's innermost axis is vectorized (it is contiguous in C and in the operand it indexes),
+  a second spatial axis that the vector operand does not index is unrolled into a register tile (each of its
+  values reuses the vector load), the reduction runs inside the tile, the accumulator tile lives in a local
+  buffer, and the outer spatial loops are fused and run in parallel.
+- ``Elementwise``: every other block: spatial loops fused, the outer part parallel, the inner part
+  vectorized when the extent allows; reductions keep their reduction loops serial inside.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+VECTOR_BYTES = 64  # AVX-512; 32 for AVX2 targets
+MIN_PARALLEL = 1 << 14  # elements: smaller kernels stay serial (thread start-up costs more than they do)
+
+
+def _vector_bytes(target) -> int:
+    mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
+    return 64 if mcpu in ("sapphirerapids", "cascadelake", "skylake-avx512", "icelake-server") else 32
+
+
+def _extent(sch, loop) -> int | None:
+    e = sch.get(loop).extent
+    return int(e) if isinstance(e, tirx.IntImm) else None
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    for d in range(min(n, limit), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def _lanes(dtype: str, vbytes: int) -> int:
+    bits = tirx.DataType(dtype).bits if hasattr(tirx, "DataType") else int("".join(c for c in dtype if c.isdigit()) or 32)
+    return max(1, vbytes * 8 // max(bits, 8))
+
+
+def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
+    """Fuse the spatial loops; parallel outside, vectorized inside (when it divides); reductions serial."""
+    loops = sch.get_loops(block)
+    s = [lp for lp, k in zip(loops, kinds) if k == "S"]
+    r = [lp for lp, k in zip(loops, kinds) if k != "S"]
+    if not s:
+        return
+    if r:
+        sch.reorder(*s, *r)
+    fused = sch.fuse(*s) if len(s) > 1 else s[0]
+    n = _extent(sch, fused)
+    if n is None:
+        return
+    buf = sch.get(block).writes[0].buffer
+    lanes = _lanes(str(buf.dtype), vbytes)
+    if not r and n % lanes == 0 and n >= lanes:
+        outer, inner = sch.split(fused, [None, lanes])
+        sch.vectorize(inner)
+        if n >= MIN_PARALLEL:
+            sch.parallel(outer)
+    elif n * max(1, len(r)) >= MIN_PARALLEL // 16:
+        sch.parallel(fused)
+
+
+class Elementwise(CPUScheduleRule):
+    """Parallel + vectorized loops for every block of a function (the fallback)."""
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        vbytes = _vector_bytes(target)
+        for info in infos:
+            try:
+                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
+            except Exception:  # a block this rule cannot handle stays as it is (still correct)
+                continue
+        return sch
+
+
+def _multiply_add_operands(stmt):
+    """For a block body ``C[i] = C[i] + A[..] * B[..]`` (casts allowed), the two BufferLoads A and B."""
+    if not isinstance(stmt, tirx.BufferStore):
+        return None
+    v = stmt.value
+    if not isinstance(v, tirx.Add):
+        return None
+    loads = []
+
+    def strip(e):
+        while isinstance(e, tirx.Cast):
+            e = e.value
+        return e
+
+    a, b = strip(v.a), strip(v.b)
+    prod = b if isinstance(a, tirx.BufferLoad) and a.buffer.same_as(stmt.buffer) else a
+    prod = strip(prod)
+    if not isinstance(prod, tirx.Mul):
+        return None
+    for e in (strip(prod.a), strip(prod.b)):
+        if not isinstance(e, tirx.BufferLoad):
+            return None
+        loads.append(e)
+    return loads
+
+
+def _vars_in(expr) -> set:
+    out = set()
+    tirx.stmt_functor.post_order_visit(expr, lambda n: out.add(n) if isinstance(n, tirx.Var) else None)
+    return out
+
+
+class Contraction(CPUScheduleRule):
+    """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
+
+    def __init__(self, tile: int = 8):
+        self.tile = tile
+
+    def apply(self, func, target, _tunable):
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        main = [i for i in infos if "R" in i.dom_kind() and _multiply_add_operands(sch.get(i.block_rv).body)]
+        if len(main) != 1:
+            return None
+        main = main[0]
+        vbytes = _vector_bytes(target)
+        try:
+            self._tile(sch, main, vbytes)
+        except Exception:
+            return None
+        for info in infos:
+            if info is main:
+                continue
+            try:
+                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
+            except Exception:
+                continue
+        return sch
+
+    def _tile(self, sch, info, vbytes):
+        block = info.block_rv
+        blk = sch.get(block)
+        kinds = info.dom_kind()
+        loops = sch.get_loops(block)
+        iters = blk.iter_vars
+        if len(iters) != len(loops):
+            raise ValueError("block iterators do not map one to one onto loops")
+        a, b = _multiply_add_operands(blk.body)
+        out_idx = blk.body.indices
+        spatial = [i for i, k in enumerate(kinds) if k == "S"]
+        reduce = [i for i, k in enumerate(kinds) if k == "R"]
+        if not spatial or not reduce:
+            raise ValueError("not a contraction")
+        # the vector axis: the iterator of the output's innermost index
+        last = _vars_in(out_idx[-1])
+        vec = [i for i in spatial if iters[i].var in last]
+        if len(vec) != 1:
+            raise ValueError("no single vector axis")
+        vec = vec[0]
+        vec_operand = a if any(iters[vec].var in _vars_in(ix) for ix in a.indices) else b
+        bcast_operand = b if vec_operand is a else a
+        vo_vars = set().union(*[_vars_in(ix) for ix in vec_operand.indices])
+        cand = [i for i in spatial if i != vec and iters[i].var not in vo_vars and
+                iters[i].var in set().union(*[_vars_in(ix) for ix in bcast_operand.indices])]
+        lanes = _lanes(str(blk.body.buffer.dtype), vbytes)
+        ve = _extent(sch, loops[vec])
+        vl = _largest_divisor(ve, lanes)
+        reg = max(cand, key=lambda i: _extent(sch, loops[i]) or 0) if cand else None
+        rl = _largest_divisor(_extent(sch, loops[reg]), self.tile) if reg is not None else 1
+        vo, vi = sch.split(loops[vec], [None, vl])
+        if reg is not None:
+            ro, ri = sch.split(loops[reg], [None, rl])
+        outer = [loops[i] for i in spatial if i not in (vec, reg)]
+        red = [loops[i] for i in reduce]
+        tile_outer = ([ro] if reg is not None else []) + [vo]
+        inner = ([ri] if reg is not None else []) + [vi]
+        sch.reorder(*outer, *tile_outer, *red, *inner)
+        acc = sch.cache_write(block, 0, "local")
+        sch.reverse_compute_at(acc, tile_outer[-1], preserve_unit_loops=True)
+        init = sch.decompose_reduction(block, red[0])
+        sch.vectorize(sch.get_loops(init)[-1])
+        if reg is not None:
+            sch.unroll(ri)
+        if vl > 1:
+            sch.vectorize(vi)
+        aloops = sch.get_loops(acc)
+        if vl > 1:
+            sch.vectorize(aloops[-1])
+        par = outer + tile_outer[:-1]
+        if par:
+            fused = sch.fuse(*par) if len(par) > 1 else par[0]
+            sch.parallel(fused)
+
+
+def default_rules():
+    return [Contraction(), Elementwise()]
