@@ -54,10 +54,27 @@ def layer_precision(graph) -> list[dict]:
     return layers
 
 
+def _fuse(mod):
+    from tvm import relax
+
+    mod = relax.transform.LegalizeOps()(mod)
+    mod = relax.transform.AnnotateTIROpPattern()(mod)
+    mod = relax.transform.FoldConstant()(mod)
+    mod = relax.transform.FuseOps()(mod)
+    return relax.transform.FuseTIR()(mod)
+
+
 def _build_cpu(mod, target):
     import tvm
+    from tvm.s_tir import dlight as dl
 
-    return tvm.compile(mod, tvm_target(target))
+    from .schedules import default_rules
+
+    t = tvm_target(target)
+    mod = _fuse(mod)
+    with t:
+        mod = dl.ApplyDefaultSchedule(*default_rules())(mod)
+    return tvm.compile(mod, t)
 
 
 def _build_cuda(mod, target):
@@ -66,11 +83,7 @@ def _build_cuda(mod, target):
     from tvm.s_tir import dlight as dl
 
     t = tvm_target(target)
-    mod = relax.transform.LegalizeOps()(mod)
-    mod = relax.transform.AnnotateTIROpPattern()(mod)
-    mod = relax.transform.FoldConstant()(mod)
-    mod = relax.transform.FuseOps()(mod)
-    mod = relax.transform.FuseTIR()(mod)
+    mod = _fuse(mod)
     with t:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)

@@ -12,7 +12,11 @@ TVM 0.27 leaves CPU kernels as naive single-threaded loops. These rules, tried i
 """
 from __future__ import annotations
 
+import tvm_ffi
 from tvm import s_tir, tirx
+# In TVM 0.27 the TIR expression classes live in tvm.ir (tirx.BufferLoad etc. are builder functions).
+from tvm.ir.expr import TensorLoad as BufferLoad, Var
+from tvm.ir.prim.expr import Add, Cast, Mul
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
@@ -90,22 +94,22 @@ def _multiply_add_operands(stmt):
     if not isinstance(stmt, tirx.BufferStore):
         return None
     v = stmt.value
-    if not isinstance(v, tirx.Add):
+    if not isinstance(v, Add):
         return None
     loads = []
 
     def strip(e):
-        while isinstance(e, tirx.Cast):
+        while isinstance(e, Cast):
             e = e.value
         return e
 
     a, b = strip(v.a), strip(v.b)
-    prod = b if isinstance(a, tirx.BufferLoad) and a.buffer.same_as(stmt.buffer) else a
+    prod = b if isinstance(a, BufferLoad) and a.source.same_as(stmt.buffer) else a
     prod = strip(prod)
-    if not isinstance(prod, tirx.Mul):
+    if not isinstance(prod, Mul):
         return None
     for e in (strip(prod.a), strip(prod.b)):
-        if not isinstance(e, tirx.BufferLoad):
+        if not isinstance(e, BufferLoad):
             return None
         loads.append(e)
     return loads
@@ -113,7 +117,7 @@ def _multiply_add_operands(stmt):
 
 def _vars_in(expr) -> set:
     out = set()
-    tirx.stmt_functor.post_order_visit(expr, lambda n: out.add(n) if isinstance(n, tirx.Var) else None)
+    tvm_ffi.structural_walk(expr, [(Var, out.add)], order="post")
     return out
 
 
@@ -188,19 +192,16 @@ class Contraction(CPUScheduleRule):
         sch.reorder(*outer, *tile_outer, *red, *inner)
         acc = sch.cache_write(block, 0, "local")
         sch.reverse_compute_at(acc, tile_outer[-1], preserve_unit_loops=True)
-        init = sch.decompose_reduction(block, red[0])
-        sch.vectorize(sch.get_loops(init)[-1])
         if reg is not None:
             sch.unroll(ri)
         if vl > 1:
-            sch.vectorize(vi)
-        aloops = sch.get_loops(acc)
-        if vl > 1:
-            sch.vectorize(aloops[-1])
+            sch.vectorize(vi)  # before decompose_reduction: vectorize needs a complete reduction block
+            sch.vectorize(sch.get_loops(acc)[-1])
         par = outer + tile_outer[:-1]
         if par:
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
             sch.parallel(fused)
+        sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
 
 
 def default_rules():
