@@ -115,6 +115,24 @@ def _multiply_add_operands(stmt):
     return loads
 
 
+def _is_plain_copy(blk) -> bool:
+    """A block ``B[i..] = A[i..]`` whose indices are exactly its own iterators (no padding, no arithmetic)."""
+    st = blk.body
+    if not isinstance(st, tirx.BufferStore) or not isinstance(st.value, BufferLoad):
+        return False
+    return [str(i) for i in st.value.indices] == [str(i) for i in st.indices]
+
+
+def _consumes(sch, block, producer) -> bool:
+    """Whether ``block`` reads what ``producer`` writes (directly, as the consumer of the accumulation)."""
+    def name(region):  # TVM 0.27 regions name their buffer ``source``
+        buf = getattr(region, "buffer", None) or getattr(region, "source", None)
+        return str(getattr(buf, "name", buf))
+
+    written = {name(r) for r in sch.get(producer).writes}
+    return any(name(r) in written for r in sch.get(block).reads)
+
+
 def _vars_in(expr) -> set:
     out = set()
     tvm_ffi.structural_walk(expr, [(Var, out.add)], order="post")
@@ -124,8 +142,8 @@ def _vars_in(expr) -> set:
 class Contraction(CPUScheduleRule):
     """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
 
-    def __init__(self, tile: int = 8):
-        self.tile = tile
+    def __init__(self, tile: int = 8, inline_copies: bool = True, fuse_epilogue: bool = True):
+        self.tile, self.inline_copies, self.fuse_epilogue = tile, inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -139,13 +157,32 @@ class Contraction(CPUScheduleRule):
             return None
         main = main[0]
         vbytes = _vector_bytes(target)
+        others = [i for i in infos if i is not main]
+        # producers that only copy (a pad_temp without padding, for 1x1 convs) are inlined into the loads
+        for info in list(others):
+            blk = sch.get(info.block_rv)
+            if self.inline_copies and "R" not in info.dom_kind() and _is_plain_copy(blk):
+                try:
+                    sch.compute_inline(info.block_rv)
+                    others.remove(info)
+                except Exception:
+                    pass
         try:
-            self._tile(sch, main, vbytes)
+            tile_loop = self._tile(sch, main, vbytes)
         except Exception:
             return None
-        for info in infos:
-            if info is main:
-                continue
+        # injective epilogues (bias, activation, residual add) run per tile, right after the write-back
+        for info in list(others):
+            if self.fuse_epilogue and _consumes(sch, info.block_rv, main.block_rv):
+                try:
+                    sch.reverse_compute_at(info.block_rv, tile_loop, preserve_unit_loops=True)
+                    loops = sch.get_loops(info.block_rv)
+                    if _extent(sch, loops[-1]) and _extent(sch, loops[-1]) > 1:
+                        sch.vectorize(loops[-1])
+                    others.remove(info)
+                except Exception:
+                    pass
+        for info in others:
             try:
                 _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
             except Exception:
@@ -202,6 +239,7 @@ class Contraction(CPUScheduleRule):
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
             sch.parallel(fused)
         sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
+        return sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1]
 
 
 def default_rules():
