@@ -189,6 +189,32 @@ class Contraction(CPUScheduleRule):
                 continue
         return sch
 
+    @staticmethod
+    def _vector_axis(sch, loops, iters, spatial, out_idx, operands, lanes):
+        """The spatial iterator to vectorize: one that is the innermost index of an operand as a bare
+        variable (unit stride) with a multiple of ``lanes`` iterations if there is one, else the output's
+        innermost index. Returns (loop position, the operand it indexes contiguously or at all)."""
+        def is_var(e, v):
+            return isinstance(e, Var) and e.same_as(v)
+
+        best = None
+        for i in spatial:
+            v, ext = iters[i].var, _extent(sch, loops[i]) or 0
+            for opnd in operands:
+                if opnd.indices and is_var(opnd.indices[-1], v) and ext % lanes == 0:
+                    score = (1, ext)
+                    if best is None or score > best[0]:
+                        best = (score, i, opnd)
+        if best is not None:
+            return best[1], best[2]
+        last = _vars_in(out_idx[-1])
+        vec = [i for i in spatial if iters[i].var in last]
+        if len(vec) != 1:
+            raise ValueError("no single vector axis")
+        v = iters[vec[0]].var
+        opnd = next((o for o in operands if any(v in _vars_in(ix) for ix in o.indices)), operands[0])
+        return vec[0], opnd
+
     def _tile(self, sch, info, vbytes):
         block = info.block_rv
         blk = sch.get(block)
@@ -203,38 +229,44 @@ class Contraction(CPUScheduleRule):
         reduce = [i for i, k in enumerate(kinds) if k == "R"]
         if not spatial or not reduce:
             raise ValueError("not a contraction")
-        # the vector axis: the iterator of the output's innermost index
-        last = _vars_in(out_idx[-1])
-        vec = [i for i in spatial if iters[i].var in last]
-        if len(vec) != 1:
-            raise ValueError("no single vector axis")
-        vec = vec[0]
-        vec_operand = a if any(iters[vec].var in _vars_in(ix) for ix in a.indices) else b
+        lanes = _lanes(str(blk.body.buffer.dtype), vbytes)
+        vec, vec_operand = self._vector_axis(sch, loops, iters, spatial, out_idx, (a, b), lanes)
         bcast_operand = b if vec_operand is a else a
         vo_vars = set().union(*[_vars_in(ix) for ix in vec_operand.indices])
         cand = [i for i in spatial if i != vec and iters[i].var not in vo_vars and
                 iters[i].var in set().union(*[_vars_in(ix) for ix in bcast_operand.indices])]
-        lanes = _lanes(str(blk.body.buffer.dtype), vbytes)
         ve = _extent(sch, loops[vec])
         vl = _largest_divisor(ve, lanes)
-        reg = max(cand, key=lambda i: _extent(sch, loops[i]) or 0) if cand else None
+        # prefer the broadcast operand's innermost (contiguous) axis, then the longest
+        binner = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
+        reg = max(cand, key=lambda i: (iters[i].var in binner, _extent(sch, loops[i]) or 0)) if cand else None
         rl = _largest_divisor(_extent(sch, loops[reg]), self.tile) if reg is not None else 1
         vo, vi = sch.split(loops[vec], [None, vl])
         if reg is not None:
             ro, ri = sch.split(loops[reg], [None, rl])
         outer = [loops[i] for i in spatial if i not in (vec, reg)]
         red = [loops[i] for i in reduce]
-        tile_outer = ([ro] if reg is not None else []) + [vo]
         inner = ([ri] if reg is not None else []) + [vi]
-        sch.reorder(*outer, *tile_outer, *red, *inner)
+        weight_like = not any(iters[i].var in vo_vars for i in spatial if i != vec)
+        if weight_like:  # e.g. packed conv weights, matmul B: keep one block of it hot across the spatial tiles
+            order = [vo] + outer + ([ro] if reg is not None else [])
+        else:
+            order = outer + ([ro] if reg is not None else []) + [vo]
+        sch.reorder(*order, *red, *inner)
+        tile_loop, par = order[-1], order[:-1]
         acc = sch.cache_write(block, 0, "local")
-        sch.reverse_compute_at(acc, tile_outer[-1], preserve_unit_loops=True)
+        # keep the vector axis innermost in the accumulator, or every multiply-add gathers and scatters
+        pos = [k for k, ix in enumerate(out_idx) if iters[vec].var in _vars_in(ix)]
+        if pos and pos[0] != len(out_idx) - 1:
+            p, r = pos[0], len(out_idx)
+            sch.transform_layout(block, ("write", 0),
+                                 lambda *i: tuple(i[k] for k in range(r) if k != p) + (i[p],))
+        sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)
         if reg is not None:
             sch.unroll(ri)
         if vl > 1:
             sch.vectorize(vi)  # before decompose_reduction: vectorize needs a complete reduction block
             sch.vectorize(sch.get_loops(acc)[-1])
-        par = outer + tile_outer[:-1]
         if par:
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
             sch.parallel(fused)
