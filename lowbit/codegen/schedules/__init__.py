@@ -236,6 +236,19 @@ class Contraction(CPUScheduleRule):
         cand = [i for i in spatial if i != vec and iters[i].var not in vo_vars and
                 iters[i].var in set().union(*[_vars_in(ix) for ix in bcast_operand.indices])]
         ve = _extent(sch, loops[vec])
+        reg0 = None
+        if cand:
+            binner0 = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
+            reg0 = max(cand, key=lambda i: (iters[i].var in binner0, _extent(sch, loops[i]) or 0))
+        want = {vec: lanes if ve >= lanes else 1}
+        if reg0 is not None and (_extent(sch, loops[reg0]) or 0) >= self.tile:
+            want[reg0] = self.tile
+        # pad only where no usable tile divides the extent: padding copies the operands on every call
+        if any(_largest_divisor(_extent(sch, loops[i]) or 1, f) < min(f, 4) for i, f in want.items()):
+            # e.g. ViT's 197 tokens, a prime: pad the iteration domain (zero-filled copies) so tiles divide
+            sch.pad_einsum(block, [want.get(i, 1) for i in range(len(loops))])
+            loops = sch.get_loops(block)
+            ve = _extent(sch, loops[vec])
         vl = _largest_divisor(ve, lanes)
         # prefer the broadcast operand's innermost (contiguous) axis, then the longest
         binner = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
