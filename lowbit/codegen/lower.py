@@ -537,11 +537,15 @@ def _conv2d(L, op, x, w, b=None):
 
 
 def _use_packed_conv(op) -> bool:
-    """Strided dense convs read every other input column, so vectorizing over the output width gathers;
-    vectorizing over output channels instead (weights packed at compile time) measured 1.4-2.5x faster on
-    the ResNet-18 strided shapes here, and slower on stride-1 layers of 14x14 and 7x7 (weight traffic)."""
+    """Which dense convs vectorize over output channels (weights packed at compile time) rather than over
+    the output width. Measured on this 2-core AVX-512 host: strided convs read every other input column, so
+    width vectors gather — packed was 1.4-2.5x faster on ResNet-18's strided shapes; 1x1 convs (MobileNet's
+    pointwise layers, 7x7 to 56x56) were 1.0-2.6x faster packed; 3x3 stride-1 convs on 14x14 and 7x7 were
+    slower packed (weight traffic), so they keep width vectors."""
     a, w = op.attrs, op.operands[1]
-    return a["groups"] == 1 and w.is_const and w.type.dtype.is_float and tuple(a["strides"]) != (1, 1)
+    if a["groups"] != 1 or not w.is_const or not w.type.dtype.is_float:
+        return False
+    return tuple(a["strides"]) != (1, 1) or tuple(w.type.shape[2:]) == (1, 1)
 
 
 def _conv2d_packed(L, op, x, weight: np.ndarray):
