@@ -6,6 +6,7 @@ traceback instead.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -59,15 +60,9 @@ def _write_text(text: str, out: str | None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    tmp = f"{out}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, out)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise LowbitError(f"cannot write {out}: {e.strerror}") from None
+    from .runtime.artifact import write_atomically
+
+    write_atomically(out, text.encode("utf-8"))
 
 
 SPLIT_MARKER = re.compile(r"^// -----\s*$", re.M)
@@ -152,14 +147,9 @@ def cmd_run(args) -> int:
     rt = _runtime()
     m = rt.load(args.artifact)
     out = m.run(_read_npz(args.inputs))
-    tmp = f"{args.output}.tmp{os.getpid()}.npz"
-    try:
-        np.savez(tmp, **out)
-        os.replace(tmp, args.output)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise LowbitError(f"cannot write {args.output}: {e.strerror}") from None
+    buf = io.BytesIO()
+    np.savez(buf, **out)
+    rt.artifact.write_atomically(args.output, buf.getvalue())
     return 0
 
 

@@ -31,12 +31,24 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def write_atomically(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: no half-written file, ever."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise LowbitError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def write_artifact(path, manifest: dict, members: dict[str, bytes]) -> None:
     """Write atomically: a crash leaves no half-written artifact behind."""
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, **manifest,
                 "members": {name: sha256(data) for name, data in sorted(members.items())}}
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         z.writestr(MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
@@ -45,14 +57,7 @@ def write_artifact(path, manifest: dict, members: dict[str, bytes]) -> None:
         z.comment = SEAL + b"0" * 64
     raw = bytearray(buf.getvalue())
     raw[-64:] = sha256(bytes(raw[:-SEAL_LEN])).encode()
-    try:
-        with open(tmp, "wb") as f:
-            f.write(raw)
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise LowbitError(f"cannot write {path}: {e.strerror or e}") from None
+    write_atomically(path, bytes(raw))
 
 
 def read_artifact(path) -> tuple[dict, dict[str, bytes]]:

@@ -20,11 +20,11 @@ from tvm.ir.prim.expr import Add, Cast, Mul
 from tvm.s_tir.dlight.analysis import normalize_prim_func
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
-VECTOR_BYTES = 64  # AVX-512; 32 for AVX2 targets
 MIN_PARALLEL = 1 << 14  # elements: smaller kernels stay serial (thread start-up costs more than they do)
 
 
 def _vector_bytes(target) -> int:
+    """64 bytes (AVX-512) on targets that have it, else 32 (AVX2)."""
     mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
     return 64 if mcpu in ("sapphirerapids", "cascadelake", "skylake-avx512", "icelake-server") else 32
 
@@ -42,7 +42,8 @@ def _largest_divisor(n: int, limit: int) -> int:
 
 
 def _lanes(dtype: str, vbytes: int) -> int:
-    bits = tirx.DataType(dtype).bits if hasattr(tirx, "DataType") else int("".join(c for c in dtype if c.isdigit()) or 32)
+    """Vector lanes of ``dtype`` ("float32", "int8", "bool"...) in ``vbytes`` bytes."""
+    bits = int("".join(c for c in dtype if c.isdigit()) or 8)
     return max(1, vbytes * 8 // max(bits, 8))
 
 
@@ -70,16 +71,23 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         sch.parallel(fused)
 
 
+def _open(rule, func, target):
+    """A schedule of ``func`` and its normalized blocks, or None when the rule does not apply."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    return None if infos is None else (sch, infos)
+
+
 class Elementwise(CPUScheduleRule):
     """Parallel + vectorized loops for every block of a function (the fallback)."""
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        opened = _open(self, func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = opened
         vbytes = _vector_bytes(target)
         for info in infos:
             try:
@@ -146,12 +154,10 @@ class Contraction(CPUScheduleRule):
         self.tile, self.inline_copies, self.fuse_epilogue = tile, inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        opened = _open(self, func, target)
+        if opened is None:
             return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
-        if infos is None:
-            return None
+        sch, infos = opened
         main = [i for i in infos if "R" in i.dom_kind() and _multiply_add_operands(sch.get(i.block_rv).body)]
         if len(main) != 1:
             return None
