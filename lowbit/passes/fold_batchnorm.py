@@ -40,14 +40,17 @@ def _common_check(root, m, producer_key) -> str | None:
     return None
 
 
-def _check_conv(root, m):
-    reason = _common_check(root, m, "conv")
-    if reason:
-        return reason
-    conv = m["conv"]
-    if not conv.operands[1].is_const or (len(conv.operands) == 3 and not conv.operands[2].is_const):
-        return "conv weight or bias is not a constant"
-    return None
+def _check_constant_params(key: str, what: str):
+    """A check for producers (conv2d, gemm) whose weight and optional bias must be constants to fold into."""
+    def check(root, m):
+        reason = _common_check(root, m, key)
+        if reason:
+            return reason
+        ops = m[key].operands
+        if not ops[1].is_const or (len(ops) == 3 and not ops[2].is_const):
+            return f"{what} is not a constant"
+        return None
+    return check
 
 
 def _rewrite_conv(g: Graph, root, m):
@@ -59,16 +62,6 @@ def _rewrite_conv(g: Graph, root, m):
     w2 = g.const((w.astype(np.float64) * f.reshape(-1, 1, 1, 1)).astype(w.dtype), loc=conv.loc, before=root)
     b2 = g.const((b * f + shift).astype(w.dtype), loc=root.loc, before=root)
     return [g.create("conv2d", [conv.operands[0], w2, b2], conv.attrs, loc=conv.loc, before=root).result]
-
-
-def _check_gemm(root, m):
-    reason = _common_check(root, m, "gemm")
-    if reason:
-        return reason
-    gemm = m["gemm"]
-    if not gemm.operands[1].is_const or (len(gemm.operands) == 3 and not gemm.operands[2].is_const):
-        return "gemm B or C is not a constant"
-    return None
 
 
 def _rewrite_gemm(g: Graph, root, m):
@@ -114,9 +107,11 @@ def _rewrite_matmul(g: Graph, root, m):
 
 RULES = [
     Rule("fold-bn-into-conv", Pat("batch_norm", Pat("conv2d", Any(), Any(), bind="conv", variadic=True),
-                                  *_BN_PARAMS), _rewrite_conv, _check_conv),
+                                  *_BN_PARAMS), _rewrite_conv,
+         _check_constant_params("conv", "conv weight or bias")),
     Rule("fold-bn-into-gemm", Pat("batch_norm", Pat("gemm", Any(), Any(), bind="gemm", variadic=True),
-                                  *_BN_PARAMS), _rewrite_gemm, _check_gemm),
+                                  *_BN_PARAMS), _rewrite_gemm,
+         _check_constant_params("gemm", "gemm B or C")),
     Rule("fold-bn-into-matmul", Pat("batch_norm", Pat("matmul", Any(), Any(), bind="matmul"), *_BN_PARAMS),
          _rewrite_matmul, _check_matmul),
 ]
