@@ -150,8 +150,9 @@ def _vars_in(expr) -> set:
 class Contraction(CPUScheduleRule):
     """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
 
-    def __init__(self, tile: int = 8, inline_copies: bool = True, fuse_epilogue: bool = True):
-        self.tile, self.inline_copies, self.fuse_epilogue = tile, inline_copies, fuse_epilogue
+    def __init__(self, tile: int = 8, wide_rows: int = 6, inline_copies: bool = True, fuse_epilogue: bool = True):
+        self.tile, self.wide_rows = tile, wide_rows
+        self.inline_copies, self.fuse_epilogue = inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
         opened = _open(self, func, target)
@@ -259,13 +260,20 @@ class Contraction(CPUScheduleRule):
         # prefer the broadcast operand's innermost (contiguous) axis, then the longest
         binner = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
         reg = max(cand, key=lambda i: (iters[i].var in binner, _extent(sch, loops[i]) or 0)) if cand else None
-        rl = _largest_divisor(_extent(sch, loops[reg]), self.tile) if reg is not None else 1
-        vo, vi = sch.split(loops[vec], [None, vl])
+        # two vectors per row when the vector axis allows: (2 vector + R broadcast loads) per 2R multiply-adds
+        # instead of (1 + R) per R, with R <= wide_rows to stay within the 32 vector registers
+        wide = self.wide_rows and reg is not None and vl == lanes and ve % (2 * vl) == 0
+        tile = self.wide_rows if wide else self.tile
+        rl = _largest_divisor(_extent(sch, loops[reg]), tile) if reg is not None else 1
+        if wide:
+            vo, vu, vi = sch.split(loops[vec], [None, 2, vl])
+        else:
+            vo, vi = sch.split(loops[vec], [None, vl])
         if reg is not None:
             ro, ri = sch.split(loops[reg], [None, rl])
         outer = [loops[i] for i in spatial if i not in (vec, reg)]
         red = [loops[i] for i in reduce]
-        inner = ([ri] if reg is not None else []) + [vi]
+        inner = ([ri] if reg is not None else []) + ([vu] if wide else []) + [vi]
         weight_like = not any(iters[i].var in vo_vars for i in spatial if i != vec)
         if weight_like:  # e.g. packed conv weights, matmul B: keep one block of it hot across the spatial tiles
             order = [vo] + outer + ([ro] if reg is not None else [])
@@ -283,6 +291,8 @@ class Contraction(CPUScheduleRule):
         sch.reverse_compute_at(acc, tile_loop, preserve_unit_loops=True)
         if reg is not None:
             sch.unroll(ri)
+        if wide:
+            sch.unroll(vu)
         if vl > 1:
             sch.vectorize(vi)  # before decompose_reduction: vectorize needs a complete reduction block
             sch.vectorize(sch.get_loops(acc)[-1])
