@@ -220,7 +220,8 @@ def _cast(L, op, x):
 
 
 # -- quantization -------------------------------------------------------------------------------------------------
-def _qconsts(L, q, rank, dtype_scale="float32"):
+def _qconsts(L, q, rank):
+    """Scale (f32) and zero point (i32) constants shaped to broadcast against a tensor of ``rank``."""
     shape = q.broadcast_shape(rank)
     return (L.const(q.scale_array().reshape(shape)), L.const(q.zero_point_array().astype(np.int32).reshape(shape)))
 
@@ -228,9 +229,6 @@ def _qconsts(L, q, rank, dtype_scale="float32"):
 def _quantize_expr(L, x, t):
     lo, hi = t.dtype.iinfo()
     shape = t.shape
-    q = t.quant
-    scale = q.scale_array().reshape(q.broadcast_shape(t.rank))
-    zp = q.zero_point_array().astype(np.int32).reshape(q.broadcast_shape(t.rank))
     out = _np(t)
 
     def fn(X, S, Z):
@@ -238,7 +236,7 @@ def _quantize_expr(L, x, t):
             r = L.tir.nearbyint(X[i] / _bcast(S, i, shape)).astype("int32") + _bcast(Z, i, shape)
             return L.tir.max(L.tir.min(r, hi), lo).astype(out)
         return L.te.compute(shape, body)
-    return L.te_(fn, x, L.const(scale), L.const(zp), name="lowbit_quantize")
+    return L.te_(fn, x, *_qconsts(L, t.quant, t.rank), name="lowbit_quantize")
 
 
 def _dequantize_expr(L, q, t):
@@ -594,7 +592,7 @@ def _avg_pool(L, op, x):
 
     a = op.attrs
     t = op.operands[0].type
-    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, np.zeros((1, 1) + t.shape[2:]), 0)
+    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, np.zeros((1, 1) + t.shape[2:]))
     ones = np.ones((1, 1) + t.shape[2:], np.float32)
     mask = np.pad(ones, [(0, 0), (0, 0), (pt, pb), (pl, pr)], constant_values=1 if a["count_include_pad"] else 0)
     mask = np.pad(mask, [(0, 0), (0, 0), (0, eh), (0, ew)])

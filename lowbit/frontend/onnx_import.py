@@ -676,7 +676,7 @@ def _spatial_pads(c: Ctx, a, in_hw, kernel, strides, dilations):
     raise NodeError(f"auto_pad '{auto}' is not supported")
 
 
-def _need_2d(c: Ctx, x: Value):
+def _need_2d(x: Value):
     if x.type.rank != 4:
         raise NodeError(f"only 2-D spatial inputs (NCHW) are supported, got shape {x.type.shape}")
 
@@ -685,7 +685,7 @@ def _need_2d(c: Ctx, x: Value):
 def _conv(c: Ctx):
     a = c.attrs(kernel_shape=None, strides=[1, 1], pads=None, dilations=[1, 1], group=1, auto_pad="NOTSET")
     x, w = c.need(0, "X"), c.need(1, "W")
-    _need_2d(c, x)
+    _need_2d(x)
     pads = _spatial_pads(c, a, x.type.shape[2:], w.type.shape[2:], a["strides"], a["dilations"])
     ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
     return c.op("conv2d", ops, {"strides": tuple(a["strides"]), "pads": pads, "dilations": tuple(a["dilations"]),
@@ -701,7 +701,7 @@ def _conv_transpose(c: Ctx):
     if a["auto_pad"] not in ("NOTSET", ""):
         raise NodeError(f"auto_pad '{a['auto_pad']}' is not supported")
     x, w = c.need(0, "X"), c.need(1, "W")
-    _need_2d(c, x)
+    _need_2d(x)
     ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
     return c.op("conv_transpose2d", ops, {
         "strides": tuple(a["strides"]), "pads": tuple(a["pads"] or (0, 0, 0, 0)),
@@ -716,7 +716,7 @@ def _pool(c: Ctx):
     if is_max and len(c.node.output) > 1 and c.node.output[1]:
         raise NodeError("MaxPool's Indices output is not supported")
     x = c.need(0, "X")
-    _need_2d(c, x)
+    _need_2d(x)
     k = a["kernel_shape"]
     if not is_max and tuple(a["dilations"]) != (1, 1):
         raise NodeError("AveragePool with dilations is not supported")

@@ -445,7 +445,7 @@ def _conv_transpose2d(op, x, w, b=None):
     return y
 
 
-def _pool_pad(op, x, fill):
+def _pool_pad(op, x):
     a = op.attrs
     (pt, pl, pb, pr) = a["pads"]
     _, _, oh, ow = op.result.type.shape
@@ -460,7 +460,7 @@ def _pool_pad(op, x, fill):
 
 @impl("max_pool2d")
 def _max_pool(op, x):
-    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x, None)
+    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x)
     lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = np.pad(x, [(0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)], constant_values=lowest)
     return _windows(xp, *geo).max(axis=(2, 3))
@@ -468,7 +468,7 @@ def _max_pool(op, x):
 
 @impl("avg_pool2d")
 def _avg_pool(op, x):
-    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x, 0)
+    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x)
     xp = np.pad(x, [(0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)])
     total = _windows(xp, *geo).sum(axis=(2, 3), dtype=x.dtype)
     ones = np.ones((1, 1) + x.shape[2:], x.dtype)

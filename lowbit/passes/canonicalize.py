@@ -24,8 +24,9 @@ def _same_type(root, x) -> str | None:
     return None
 
 
-def _forward(name):
-    return lambda g, root, m: [m["x"]]
+def _forward(g: Graph, root, m):
+    """Replace the root by its operand ``x``."""
+    return [m["x"]]
 
 
 def _reshape_chain(g: Graph, root, m):
@@ -50,21 +51,21 @@ def _const_is(value):
 
 
 RULES = [
-    Rule("remove-identity", Pat("identity", Any("x")), _forward("identity")),
-    Rule("remove-dropout", Pat("dropout", Any("x")), _forward("dropout")),
-    Rule("reshape-noop", Pat("reshape", Any("x")), _forward("reshape"),
+    Rule("remove-identity", Pat("identity", Any("x")), _forward),
+    Rule("remove-dropout", Pat("dropout", Any("x")), _forward),
+    Rule("reshape-noop", Pat("reshape", Any("x")), _forward,
          check=lambda root, m: _same_type(root, m["x"])),
     Rule("reshape-chain", Pat("reshape", Pat("reshape", Any("x"), bind="inner")), _reshape_chain),
-    Rule("transpose-noop", Pat("transpose", Any("x")), _forward("transpose"),
+    Rule("transpose-noop", Pat("transpose", Any("x")), _forward,
          check=lambda root, m: None if root.attrs["perm"] == tuple(range(len(root.attrs["perm"])))
          else "perm is not the identity"),
     Rule("transpose-pair", Pat("transpose", Pat("transpose", Any("x"), bind="inner")), _transpose_pair),
-    Rule("cast-noop", Pat("cast", Any("x")), _forward("cast"), check=lambda root, m: _same_type(root, m["x"])),
-    Rule("expand-noop", Pat("expand", Any("x")), _forward("expand"), check=lambda root, m: _same_type(root, m["x"])),
-    Rule("add-zero", Pat("add", Any("x"), Const("c")), _forward("add"), check=_const_is(0)),
-    Rule("sub-zero", Pat("sub", Any("x"), Const("c")), _forward("sub"), check=_const_is(0)),
-    Rule("mul-one", Pat("mul", Any("x"), Const("c")), _forward("mul"), check=_const_is(1)),
-    Rule("div-one", Pat("div", Any("x"), Const("c")), _forward("div"), check=_const_is(1)),
+    Rule("cast-noop", Pat("cast", Any("x")), _forward, check=lambda root, m: _same_type(root, m["x"])),
+    Rule("expand-noop", Pat("expand", Any("x")), _forward, check=lambda root, m: _same_type(root, m["x"])),
+    Rule("add-zero", Pat("add", Any("x"), Const("c")), _forward, check=_const_is(0)),
+    Rule("sub-zero", Pat("sub", Any("x"), Const("c")), _forward, check=_const_is(0)),
+    Rule("mul-one", Pat("mul", Any("x"), Const("c")), _forward, check=_const_is(1)),
+    Rule("div-one", Pat("div", Any("x"), Const("c")), _forward, check=_const_is(1)),
 ]
 
 
