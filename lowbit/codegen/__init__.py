@@ -57,6 +57,7 @@ def layer_precision(graph) -> list[dict]:
 def _fuse(mod):
     from tvm import relax
 
+    mod = relax.transform.CanonicalizeBindings()(mod)
     mod = relax.transform.LegalizeOps()(mod)
     mod = relax.transform.AnnotateTIROpPattern()(mod)
     mod = relax.transform.FoldConstant()(mod)
@@ -135,7 +136,7 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
     with prog.step(f"running passes ({str(passes) or 'none'})"):
         graph = run_pipeline(graph, passes)
     with prog.step("lowering to TVM Relax"):
-        mod = to_relax(graph)
+        mod = to_relax(graph, blocked_layout=target["kind"] == "llvm")
     with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):
         try:
             ex = _build_cuda(mod, target) if target["kind"] == "cuda" else _build_cpu(mod, target)

@@ -45,7 +45,8 @@ class Lowerer:
         return self.relax.const(np.asarray(value, dtype=dtype), dtype)
 
     def emit(self, expr):
-        return self.bb.emit(expr)
+        # an alias binding (``lv1 = lv``) would hide the producer from FuseOps: return Vars as they are
+        return expr if isinstance(expr, self.relax.Var) else self.bb.emit(expr)
 
     def te_(self, fn, *args, name="lowbit_te"):
         return self.bb.emit_te(fn, *args, primfunc_name_hint=name)
@@ -642,32 +643,100 @@ def check_lowerable(graph: Graph) -> None:
         raise LowbitError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
-def to_relax(graph: Graph):
-    """An IRModule whose ``main`` takes the graph inputs (in order) and returns a tuple of its outputs."""
+def _lower_blocked(L, op, cb: int, get, get_blocked):
+    """Lower ``op`` to the channel-blocked layout (see ``layout.py``); returns the blocked Relax expr."""
+    from . import layout
+
+    ins = op.operands
+    name = op.opname
+    if name == "conv2d":
+        x = ins[0]
+        if layout._conv_kind(op) == "depthwise":
+            xb, xcb = get_blocked(x, cb), cb
+        elif x in L.blocked:
+            xb, xcb = get_blocked(x, L.blocked[x]), L.blocked[x]
+        else:
+            xb, xcb = get(x), None
+        y = layout.conv2d(L, op, xb, xcb, cb)
+        if len(ins) > 2:
+            y = L.R.add(L.emit(y), L.const(layout.block_const(ins[2].const_value.astype(np.float32), cb)))
+        return y
+    if name in layout.UNARY:
+        return RULES[name](L, op, get_blocked(ins[0], cb))
+    if name in layout.BINARY:
+        args = []
+        for v in ins:
+            if v in L.blocked and tuple(v.type.shape) == tuple(op.result.type.shape):
+                args.append(get_blocked(v, cb))
+            elif all(d == 1 for d in v.type.shape):
+                args.append(L.R.reshape(get(v), [1] * 5) if v.type.rank > 0 else get(v))
+            elif v.is_const:
+                args.append(L.const(layout.block_const(v.const_value, cb)))
+            else:  # [1, C, 1, 1] or [C, 1, 1]: the same elements in blocked order
+                args.append(L.R.reshape(get(v), [1, v.type.shape[-3] // cb, 1, 1, cb]))
+        return getattr(L.R, layout.BINARY[name])(*args)
+    if name == "max_pool2d":
+        return layout.max_pool2d(L, op, get_blocked(ins[0], cb), cb)
+    if name in ("global_avg_pool", "reduce_mean"):
+        return L.R.mean(get_blocked(ins[0], cb), axis=[2, 3], keepdims=True)
+    if name == "global_max_pool":
+        return L.R.max(get_blocked(ins[0], cb), axis=[2, 3], keepdims=True)
+    if name == "concat":
+        return L.R.concat([get_blocked(v, cb) for v in ins], axis=1)
+    raise AssertionError(f"no blocked lowering for {name}")
+
+
+def to_relax(graph: Graph, blocked_layout: bool = False):
+    """An IRModule whose ``main`` takes the graph inputs (in order) and returns a tuple of its outputs.
+
+    ``blocked_layout`` keeps convolutional activations channel-blocked (NCHWc, ``layout.py``) between the ops
+    that understand that layout; the CPU build asks for it."""
     from tvm import relax
+
+    from . import layout
 
     check_lowerable(graph)
     bb = relax.BlockBuilder()
     used: set = set()
     params = [relax.Var(_ident(v.name, used), relax.TensorType(v.type.shape, _np(v.type))) for v in graph.inputs]
-    env = {id(v): p for v, p in zip(graph.inputs, params)}
+    env = {v: p for v, p in zip(graph.inputs, params)}  # plain layout
+    benv: dict = {}  # blocked layout: value -> (expr, channels per block)
     L = Lowerer(bb)
+    plan = layout.plan(graph) if blocked_layout else {}
+    L.blocked = {}
+
+    def get(v):
+        if v not in env:  # only the blocked form exists: unblock once, where a plain-layout op first needs it
+            xb, cb = benv[v]
+            env[v] = L.emit(layout.from_blocked(L, xb, v.type.shape, cb))
+        return env[v]
+
+    def get_blocked(v, cb):
+        if v not in benv or benv[v][1] != cb:
+            benv[v] = (L.emit(layout.to_blocked(L, get(v), v.type.shape, cb)), cb)
+        return benv[v][0]
+
     with bb.function("main", params):
         with bb.dataflow():
             for op in graph.ops:
                 if op.opname == "const":
-                    env[id(op.result)] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
+                    env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
                     continue
                 try:
-                    res = RULES[op.opname](L, op, *[env[id(v)] for v in op.operands])
+                    if len(op.results) == 1 and id(op.result) in plan:
+                        cb = plan[id(op.result)]
+                        benv[op.result] = (L.emit(_lower_blocked(L, op, cb, get, get_blocked)), cb)
+                        L.blocked[op.result] = cb
+                        continue
+                    res = RULES[op.opname](L, op, *[get(v) for v in op.operands])
                 except LowbitError:
                     raise
                 except Exception as e:
                     raise LowbitError(f"{op.describe()}: lowering to TVM failed: {str(e).splitlines()[0]}") from None
                 res = res if isinstance(res, list) else [res]
                 for r, e in zip(op.results, res, strict=True):
-                    env[id(r)] = e if isinstance(e, relax.Var) else L.emit(e)
-            outs = [env[id(v)] for v in graph.outputs]
+                    env[r] = L.emit(e)
+            outs = [get(v) for v in graph.outputs]
             out = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(out)
     return bb.get()

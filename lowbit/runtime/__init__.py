@@ -145,6 +145,7 @@ def example_inputs(manifest: dict, seed: int = 0) -> dict:
 
 def set_threads(n: int) -> None:
     """Use ``n`` worker threads in TVM's thread pool for later runs."""
+    import tvm  # noqa: F401  (registers the runtime's global functions)
     import tvm_ffi
 
     os.environ["TVM_NUM_THREADS"] = str(n)

@@ -47,6 +47,11 @@ def _lanes(dtype: str, vbytes: int) -> int:
     return max(1, vbytes * 8 // max(bits, 8))
 
 
+def _region_buffer(region):
+    """The buffer of a block's read/write region (TVM 0.27 names it ``source``)."""
+    return getattr(region, "buffer", None) or region.source
+
+
 def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
     """Fuse the spatial loops; parallel outside, vectorized inside (when it divides); reductions serial."""
     loops = sch.get_loops(block)
@@ -54,21 +59,60 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
     r = [lp for lp, k in zip(loops, kinds) if k != "S"]
     if not s:
         return
+    blk = sch.get(block)
+    buf = _region_buffer(blk.writes[0])
+    lanes = _lanes(str(buf.dtype), vbytes)
+    # TVM 0.27 cannot vectorize bool buffers (stored as int8, it emits mismatched vector stores): threads only
+    vectorizable = all(str(_region_buffer(x).dtype) != "bool" for x in list(blk.reads) + list(blk.writes))
+    if r and vectorizable and _reduces_outside_vector(sch, block, s[-1], lanes):
+        # e.g. pooling or a spatial mean in the channel-blocked layout: the innermost spatial axis is
+        # contiguous in the output and the input, so the reduction runs over whole vectors
+        vo, vi = sch.split(s[-1], [None, lanes])
+        sch.reorder(*s[:-1], vo, *r, vi)
+        sch.vectorize(vi)
+        outer = sch.fuse(*s[:-1], vo) if s[:-1] else vo
+        if (_extent(sch, outer) or 0) * lanes * max(1, len(r)) >= MIN_PARALLEL // 16:
+            sch.parallel(outer)
+        sch.decompose_reduction(block, r[0])
+        return
     if r:
         sch.reorder(*s, *r)
     fused = sch.fuse(*s) if len(s) > 1 else s[0]
     n = _extent(sch, fused)
     if n is None:
         return
-    buf = sch.get(block).writes[0].buffer
-    lanes = _lanes(str(buf.dtype), vbytes)
-    if not r and n % lanes == 0 and n >= lanes:
+    if not r and vectorizable and n % lanes == 0 and n >= lanes:
         outer, inner = sch.split(fused, [None, lanes])
         sch.vectorize(inner)
         if n >= MIN_PARALLEL:
             sch.parallel(outer)
     elif n * max(1, len(r)) >= MIN_PARALLEL // 16:
         sch.parallel(fused)
+
+
+def _reduces_outside_vector(sch, block, loop, lanes: int) -> bool:
+    """Whether a reduction block's innermost spatial ``loop`` can be a vector: a multiple of ``lanes`` long,
+    and its iterator the bare last index of the output and of every input (and in no other index)."""
+    blk = sch.get(block)
+    ext = _extent(sch, loop)
+    loops = sch.get_loops(block)
+    if not ext or ext % lanes or len(loops) != len(blk.iter_vars) or not isinstance(blk.body, tirx.BufferStore):
+        return False
+    iv = blk.iter_vars[[sch.get(lp).same_as(sch.get(loop)) for lp in loops].index(True)].var
+
+    def last_is(indices):
+        return bool(indices) and isinstance(indices[-1], Var) and indices[-1].same_as(iv) and \
+            not any(iv in _vars_in(ix) for ix in indices[:-1])
+
+    ok = last_is(blk.body.indices)
+
+    def visit(load):
+        nonlocal ok
+        if not last_is(load.indices):
+            ok = False
+
+    tvm_ffi.structural_walk(blk.body.value, [(BufferLoad, visit)], order="post")
+    return ok
 
 
 def _open(rule, func, target):
@@ -131,16 +175,6 @@ def _is_plain_copy(blk) -> bool:
     return [str(i) for i in st.value.indices] == [str(i) for i in st.indices]
 
 
-def _consumes(sch, block, producer) -> bool:
-    """Whether ``block`` reads what ``producer`` writes (directly, as the consumer of the accumulation)."""
-    def name(region):  # TVM 0.27 regions name their buffer ``source``
-        buf = getattr(region, "buffer", None) or getattr(region, "source", None)
-        return str(getattr(buf, "name", buf))
-
-    written = {name(r) for r in sch.get(producer).writes}
-    return any(name(r) in written for r in sch.get(block).reads)
-
-
 def _vars_in(expr) -> set:
     out = set()
     tvm_ffi.structural_walk(expr, [(Var, out.add)], order="post")
@@ -150,8 +184,8 @@ def _vars_in(expr) -> set:
 class Contraction(CPUScheduleRule):
     """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
 
-    def __init__(self, tile: int = 8, wide_rows: int = 6, inline_copies: bool = True, fuse_epilogue: bool = True):
-        self.tile, self.wide_rows = tile, wide_rows
+    def __init__(self, tile: int = 8, accumulators: int = 16, inline_copies: bool = True, fuse_epilogue: bool = True):
+        self.tile, self.accumulators = tile, accumulators
         self.inline_copies, self.fuse_epilogue = inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
@@ -174,21 +208,35 @@ class Contraction(CPUScheduleRule):
                     others.remove(info)
                 except Exception:
                     pass
+        produced = {str(_region_buffer(r).name) for r in sch.get(main.block_rv).writes}
         try:
-            tile_loop = self._tile(sch, main, vbytes)
+            tile_loop, acc = self._tile(sch, main, vbytes)
         except Exception:
             return None
-        # injective epilogues (bias, activation, residual add) run per tile, right after the write-back
+        fused = []
+        # injective epilogues (bias, activation, residual add), in program order, run per tile right after the
+        # write-back: each one that reads the contraction's output, or an epilogue fused before it
         for info in list(others):
-            if self.fuse_epilogue and _consumes(sch, info.block_rv, main.block_rv):
-                try:
-                    sch.reverse_compute_at(info.block_rv, tile_loop, preserve_unit_loops=True)
-                    loops = sch.get_loops(info.block_rv)
-                    if _extent(sch, loops[-1]) and _extent(sch, loops[-1]) > 1:
-                        sch.vectorize(loops[-1])
-                    others.remove(info)
-                except Exception:
-                    pass
+            blk = sch.get(info.block_rv)
+            if not self.fuse_epilogue or "R" in info.dom_kind() or \
+                    not any(str(_region_buffer(r).name) in produced for r in blk.reads):
+                continue
+            try:
+                sch.reverse_compute_at(info.block_rv, tile_loop, preserve_unit_loops=True)
+            except Exception:
+                continue
+            loops = sch.get_loops(info.block_rv)
+            if (_extent(sch, loops[-1]) or 1) > 1:
+                sch.vectorize(loops[-1])
+            produced |= {str(_region_buffer(r).name) for r in blk.writes}
+            others.remove(info)
+            fused.append(info.block_rv)
+        # the epilogue reads the accumulator tile itself: no full-size intermediate between the fused blocks
+        for b in [acc] + fused[:-1]:
+            try:
+                sch.compute_inline(b)
+            except Exception:
+                pass
         for info in others:
             try:
                 _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
@@ -205,11 +253,15 @@ class Contraction(CPUScheduleRule):
             return isinstance(e, Var) and e.same_as(v)
 
         best = None
+        svars = {iters[i].var for i in spatial}
         for i in spatial:
             v, ext = iters[i].var, _extent(sch, loops[i]) or 0
             for opnd in operands:
                 if opnd.indices and is_var(opnd.indices[-1], v) and ext % lanes == 0:
-                    score = (1, ext)
+                    # on a tie prefer the operand indexed by fewer spatial iterators (the weights of a
+                    # depthwise conv): the other one then offers a register-tile axis that reuses its vector
+                    used = set().union(*[_vars_in(ix) for ix in opnd.indices]) & svars
+                    score = (1, ext, -len(used))
                     if best is None or score > best[0]:
                         best = (score, i, opnd)
         if best is not None:
@@ -243,13 +295,15 @@ class Contraction(CPUScheduleRule):
         cand = [i for i in spatial if i != vec and iters[i].var not in vo_vars and
                 iters[i].var in set().union(*[_vars_in(ix) for ix in bcast_operand.indices])]
         ve = _extent(sch, loops[vec])
-        reg0 = None
-        if cand:
-            binner0 = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
-            reg0 = max(cand, key=lambda i: (iters[i].var in binner0, _extent(sch, loops[i]) or 0))
+
+        def reg_key(i):  # the broadcast operand's contiguous axis first, then the longest, then the innermost
+            binner = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
+            return (iters[i].var in binner, _extent(sch, loops[i]) or 0, i)
+
+        reg = max(cand, key=reg_key) if cand else None
         want = {vec: lanes if ve >= lanes else 1}
-        if reg0 is not None and (_extent(sch, loops[reg0]) or 0) >= self.tile:
-            want[reg0] = self.tile
+        if reg is not None and (_extent(sch, loops[reg]) or 0) >= self.tile:
+            want[reg] = self.tile
         # pad only where no usable tile divides the extent: padding copies the operands on every call
         if any(_largest_divisor(_extent(sch, loops[i]) or 1, f) < min(f, 4) for i, f in want.items()):
             # e.g. ViT's 197 tokens, a prime: pad the iteration domain (zero-filled copies) so tiles divide
@@ -257,14 +311,16 @@ class Contraction(CPUScheduleRule):
             loops = sch.get_loops(block)
             ve = _extent(sch, loops[vec])
         vl = _largest_divisor(ve, lanes)
-        # prefer the broadcast operand's innermost (contiguous) axis, then the longest
-        binner = _vars_in(bcast_operand.indices[-1]) if bcast_operand.indices else set()
-        reg = max(cand, key=lambda i: (iters[i].var in binner, _extent(sch, loops[i]) or 0)) if cand else None
-        # two vectors per row when the vector axis allows: (2 vector + R broadcast loads) per 2R multiply-adds
-        # instead of (1 + R) per R, with R <= wide_rows to stay within the 32 vector registers
-        wide = self.wide_rows and reg is not None and vl == lanes and ve % (2 * vl) == 0
-        tile = self.wide_rows if wide else self.tile
-        rl = _largest_divisor(_extent(sch, loops[reg]), tile) if reg is not None else 1
+        # register tile: V vectors along the vector axis times R rows along ``reg``, V*R accumulators within
+        # ``self.accumulators`` (32 vector registers hold them, the V weight vectors and one broadcast); per
+        # reduction step V + R loads feed V*R multiply-adds. The most accumulators wins, then the wider V.
+        options = [1, 2] if vl == lanes and ve % (2 * vl) == 0 and reg is not None else [1]
+        best = (0, 1, 1)
+        for v in options:
+            r = _largest_divisor(_extent(sch, loops[reg]), self.accumulators // v) if reg is not None else 1
+            best = max(best, (v * r, v, r))
+        _, nv, rl = best
+        wide = nv == 2
         if wide:
             vo, vu, vi = sch.split(loops[vec], [None, 2, vl])
         else:
@@ -300,7 +356,7 @@ class Contraction(CPUScheduleRule):
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
             sch.parallel(fused)
         sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
-        return sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1]
+        return sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1], acc
 
 
 def default_rules():

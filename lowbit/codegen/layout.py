@@ -1,0 +1,198 @@
+"""Channel-blocked (NCHWc) lowering for convolutional networks on the CPU.
+
+Between convolutions, a 4-d activation ``x[N, C, H, W]`` lives as ``xb[N, C/c, H, W, c]`` (``c`` = 16 or 8
+channels, one AVX-512 / AVX2 vector): a convolution then vectorizes over output channels and reads one input
+value per multiply-add as a broadcast, a depthwise convolution vectorizes over channels with unit-stride loads,
+and both write whole vectors. Weights are packed into the matching layout at compile time.
+
+``plan`` decides, in one forward walk over the graph, which values are kept blocked: every eligible
+convolution's result, and the result of any layout-agnostic op (elementwise activations, residual adds,
+per-channel scales, max pooling, global average pooling, channel concatenation) whose operands are blocked.
+The plain NCHW form is produced on demand, once, where an op that is not layout-aware reads a blocked value
+(the model's outputs, a flatten before a classifier, a resize...). The IR itself never changes: this is a
+lowering decision, and every lowered op still computes exactly what its reference computes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import dtypes as dt
+
+# ops whose lowering rule is shape-agnostic and elementwise in one operand: they run on the blocked form as is
+UNARY = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "elu", "gelu", "softplus",
+         "identity", "dropout", "exp", "neg", "abs", "sqrt", "erf"}
+BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "max": "maximum", "min": "minimum"}
+
+
+def block_of(channels: int) -> int | None:
+    """Channels per block for a tensor with ``channels`` channels: a whole vector of f32 where possible."""
+    for c in (16, 8):
+        if channels % c == 0:
+            return c
+    return None
+
+
+def _f32_4d(v) -> bool:
+    return v.type.rank == 4 and v.type.dtype == dt.f32 and v.type.quant is None
+
+
+def _conv_kind(op) -> str | None:
+    """"dense" or "depthwise" for a conv2d that the blocked lowering implements, else None."""
+    if op.opname != "conv2d" or not _f32_4d(op.result) or not _f32_4d(op.operands[0]):
+        return None
+    w = op.operands[1]
+    if not w.is_const or (len(op.operands) > 2 and not op.operands[2].is_const):
+        return None
+    o, ci_per_group = w.type.shape[:2]
+    c = op.operands[0].type.shape[1]
+    if block_of(o) is None:
+        return None
+    if op.attrs["groups"] == 1:
+        return "dense"
+    if op.attrs["groups"] == c == o and ci_per_group == 1:
+        return "depthwise"
+    return None
+
+
+def _per_channel(v, channels: int) -> bool:
+    """A value that broadcasts against [N, C, H, W] only along channels: shape [1, C, 1, 1] or [C, 1, 1]."""
+    s = tuple(v.type.shape)
+    return s in ((1, channels, 1, 1), (channels, 1, 1))
+
+
+def _scalar_like(v) -> bool:
+    return all(d == 1 for d in v.type.shape)
+
+
+def plan(graph) -> dict[int, int]:
+    """id(value) -> channels per block, for every value the lowering keeps in the blocked layout."""
+    blocked: dict[int, int] = {}
+    for op in graph.ops:
+        if not op.results or not _f32_4d(op.result):
+            continue
+        r = op.result
+        cb = block_of(r.type.shape[1])
+        if cb is None:
+            continue
+        ins = op.operands
+        if _conv_kind(op):
+            blocked[id(r)] = cb
+        elif op.opname in UNARY and id(ins[0]) in blocked:
+            blocked[id(r)] = cb
+        elif op.opname in BINARY and len(ins) == 2:
+            a, b = ins
+            ok = []
+            for x, y in ((a, b), (b, a)):
+                if id(x) in blocked and tuple(x.type.shape) == tuple(r.type.shape):
+                    ok.append(id(y) in blocked and tuple(y.type.shape) == tuple(r.type.shape)
+                              or _per_channel(y, r.type.shape[1]) or _scalar_like(y))
+            if any(ok):
+                blocked[id(r)] = cb
+        elif op.opname == "max_pool2d" and id(ins[0]) in blocked and not op.attrs["ceil_mode"]:
+            blocked[id(r)] = cb
+        elif op.opname in ("global_avg_pool", "global_max_pool") and id(ins[0]) in blocked:
+            blocked[id(r)] = cb
+        elif op.opname == "reduce_mean" and id(ins[0]) in blocked and op.attrs.get("keepdims", 1) and \
+                sorted(a % 4 for a in op.attrs.get("axes") or ()) == [2, 3]:
+            blocked[id(r)] = cb
+        elif op.opname == "concat" and op.attrs["axis"] % 4 == 1 and \
+                all(blocked.get(id(x)) == cb for x in ins):
+            blocked[id(r)] = cb
+    return blocked
+
+
+# -- layout transforms ------------------------------------------------------------------------------------------------
+def to_blocked(L, x, shape, cb: int):
+    n, c, h, w = shape
+
+    def fn(X):
+        return L.te.compute((n, c // cb, h, w, cb), lambda i, co, y, z, ci: X[i, co * cb + ci, y, z], name="blocked")
+    return L.te_(fn, x, name="lowbit_to_nchwc")
+
+
+def from_blocked(L, xb, shape, cb: int):
+    n, c, h, w = shape
+
+    def fn(X):
+        return L.te.compute((n, c, h, w), lambda i, k, y, z: X[i, k // cb, y, z, k % cb], name="unblocked")
+    return L.te_(fn, xb, name="lowbit_from_nchwc")
+
+
+def block_const(arr: np.ndarray, cb: int) -> np.ndarray:
+    """A per-channel constant ([1, C, 1, 1] or [C, 1, 1]) as [1, C/cb, 1, 1, cb]."""
+    c = arr.size
+    return np.ascontiguousarray(arr.reshape(1, c // cb, 1, 1, cb))
+
+
+# -- blocked ops -------------------------------------------------------------------------------------------------------
+def conv2d(L, op, x, x_cb: int | None, out_cb: int):
+    """Dense or depthwise conv2d with a blocked output; ``x`` is blocked with ``x_cb`` channels per block,
+    or plain NCHW when ``x_cb`` is None (the first convolution reads the image as it is)."""
+    a = op.attrs
+    (pt, pl, pb, pr), (sh, sw), (dh, dw) = a["pads"], a["strides"], a["dilations"]
+    n, c, h, wd = op.operands[0].type.shape
+    weight = op.operands[1].const_value.astype(np.float32)
+    o, _, kh, kw = weight.shape
+    _, _, oh, ow = op.result.type.shape
+    te, tir = L.te, L.tir
+    zero = tir.const(0, "float32")
+    kind = _conv_kind(op)
+    padded = any((pt, pl, pb, pr))
+
+    def pad(X):
+        if not padded:
+            return X
+        if x_cb is None:
+            return te.compute((n, c, h + pt + pb, wd + pl + pr), lambda i, j, y, z: tir.if_then_else(
+                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl], zero), name="pad_temp")
+        return te.compute((n, c // x_cb, h + pt + pb, wd + pl + pr, x_cb), lambda i, j, y, z, k: tir.if_then_else(
+            tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl, k], zero), name="pad_temp")
+
+    if kind == "depthwise":
+        # [C/cb, KH, KW, cb]: one vector of taps per channel block
+        wp = np.ascontiguousarray(weight.reshape(o // out_cb, out_cb, kh, kw).transpose(0, 2, 3, 1))
+
+        def fn(X, W):
+            P = pad(X)
+            ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+            return te.compute((n, o // out_cb, oh, ow, out_cb), lambda i, f, y, z, k: te.sum(
+                P[i, f, y * sh + ry * dh, z * sw + rx * dw, k] * W[f, ry, rx, k], axis=[ry, rx]),
+                name="depthwise_conv2d_nchwc")
+        return L.te_(fn, x, L.const(wp), name="lowbit_dwconv_nchwc")
+
+    icb = x_cb or c
+    # [O/cb, C/icb, KH, KW, icb, cb]: the inner kernel reads one contiguous vector of output channels
+    wp = np.ascontiguousarray(weight.reshape(o // out_cb, out_cb, c // icb, icb, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+
+    def fn(X, W):
+        P = pad(X)
+        rco, ry, rx = te.reduce_axis((0, c // icb), "rco"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        rci = te.reduce_axis((0, icb), "rci")
+        if x_cb is None:
+            return te.compute((n, o // out_cb, oh, ow, out_cb), lambda i, f, y, z, k: te.sum(
+                P[i, rci, y * sh + ry * dh, z * sw + rx * dw] * W[f, 0, ry, rx, rci, k], axis=[ry, rx, rci]),
+                name="conv2d_nchwc")
+        return te.compute((n, o // out_cb, oh, ow, out_cb), lambda i, f, y, z, k: te.sum(
+            P[i, rco, y * sh + ry * dh, z * sw + rx * dw, rci] * W[f, rco, ry, rx, rci, k], axis=[rco, ry, rx, rci]),
+            name="conv2d_nchwc")
+    return L.te_(fn, x, L.const(wp), name="lowbit_conv2d_nchwc")
+
+
+def max_pool2d(L, op, xb, cb: int):
+    a = op.attrs
+    (pt, pl, pb, pr), (sh, sw), (dh, dw), (kh, kw) = a["pads"], a["strides"], a["dilations"], a["kernel"]
+    n, c, h, wd = op.operands[0].type.shape
+    _, _, oh, ow = op.result.type.shape
+    te, tir = L.te, L.tir
+    lowest = tir.min_value("float32")
+
+    def fn(X):
+        P = X
+        if any((pt, pl, pb, pr)):
+            P = te.compute((n, c // cb, h + pt + pb, wd + pl + pr, cb), lambda i, j, y, z, k: tir.if_then_else(
+                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl, k], lowest),
+                name="pad_temp")
+        ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        return te.compute((n, c // cb, oh, ow, cb), lambda i, j, y, z, k: te.max(
+            P[i, j, y * sh + ry * dh, z * sw + rx * dw, k], axis=[ry, rx]), name="max_pool_nchwc")
+    return L.te_(fn, xb, name="lowbit_max_pool_nchwc")
