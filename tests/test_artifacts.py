@@ -152,7 +152,7 @@ def test_wrong_inputs_name_the_signature(artifacts, tmp_path):
 
 def test_inspect(artifacts):
     p = run_cli("inspect", artifacts["qdq_cnn"], check_rc=0)
-    assert "pipeline   canonicalize,fold-constants,fold-batchnorm,canonicalize,dce" in p.stdout
+    assert "pipeline   canonicalize,fold-constants,fold-batchnorm,fuse,canonicalize,dce" in p.stdout
     assert "input: f32[1x3x32x32]" in p.stdout and "lib/model.so" in p.stdout
     m = json.loads(run_cli("inspect", artifacts["qdq_cnn"], "--json", check_rc=0).stdout)
     assert m["format_version"] == 1 and m["versions"]["tvm"].startswith("0.27")

@@ -38,11 +38,14 @@ def _f32_4d(v) -> bool:
 
 def _conv_kind(op) -> str | None:
     """"dense" or "depthwise" for a conv2d that the blocked lowering implements, else None."""
-    if op.opname != "conv2d" or not _f32_4d(op.result) or not _f32_4d(op.operands[0]):
+    if op.opname not in ("conv2d", "conv_transpose2d") or not _f32_4d(op.result) or not _f32_4d(op.operands[0]):
         return None
     w = op.operands[1]
     if not w.is_const or (len(op.operands) > 2 and not op.operands[2].is_const):
         return None
+    if op.opname == "conv_transpose2d":
+        return "transposed" if op.attrs["groups"] == 1 and block_of(w.type.shape[1]) and transposed_as_conv(op) \
+            else None
     o, ci_per_group = w.type.shape[:2]
     c = op.operands[0].type.shape[1]
     if block_of(o) is None:
@@ -125,28 +128,63 @@ def block_const(arr: np.ndarray, cb: int) -> np.ndarray:
 
 
 # -- blocked ops -------------------------------------------------------------------------------------------------------
-def conv2d(L, op, x, x_cb: int | None, out_cb: int):
-    """Dense or depthwise conv2d with a blocked output; ``x`` is blocked with ``x_cb`` channels per block,
-    or plain NCHW when ``x_cb`` is None (the first convolution reads the image as it is)."""
+def transposed_as_conv(op):
+    """A conv_transpose2d as (OIHW weight, pads, input upsampling) of the stride-1 conv2d over the zero-upsampled
+    input that computes it, or None where that conv would need negative padding (a crop)."""
     a = op.attrs
-    (pt, pl, pb, pr), (sh, sw), (dh, dw) = a["pads"], a["strides"], a["dilations"]
+    w = op.operands[1].const_value.astype(np.float32)
+    _, _, kh, kw = w.shape
+    (pt, pl, pb, pr), (dh, dw), (oph, opw) = a["pads"], a["dilations"], a["output_padding"]
+    pads = (dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh * (kh - 1) - pb + oph, dw * (kw - 1) - pr + opw)
+    if min(pads) < 0:
+        return None
+    return np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1]), pads, tuple(a["strides"])
+
+
+def conv_spec(op):
+    """(OIHW weight, pads, strides, dilations, input upsampling) of a conv2d or (as a conv) conv_transpose2d."""
+    a = op.attrs
+    if op.opname == "conv_transpose2d":
+        w, pads, up = transposed_as_conv(op)
+        return w, pads, (1, 1), tuple(a["dilations"]), up
+    return op.operands[1].const_value.astype(np.float32), tuple(a["pads"]), tuple(a["strides"]), \
+        tuple(a["dilations"]), (1, 1)
+
+
+def conv2d(L, op, x, x_cb: int | None, out_cb: int | None):
+    """conv2d (dense or depthwise) or conv_transpose2d (dense) reading ``x`` blocked with ``x_cb`` channels per
+    block or plain NCHW (``x_cb`` None), writing blocked with ``out_cb`` channels per block or NCHW (None)."""
+    weight, (pt, pl, pb, pr), (sh, sw), (dh, dw), (uh, uw) = conv_spec(op)
     n, c, h, wd = op.operands[0].type.shape
-    weight = op.operands[1].const_value.astype(np.float32)
     o, _, kh, kw = weight.shape
     _, _, oh, ow = op.result.type.shape
     te, tir = L.te, L.tir
     zero = tir.const(0, "float32")
-    kind = _conv_kind(op)
-    padded = any((pt, pl, pb, pr))
+    kind = "depthwise" if op.opname == "conv2d" and _conv_kind(op) == "depthwise" else "dense"
+    hu, wu = (h - 1) * uh + 1, (wd - 1) * uw + 1  # after zero upsampling (transposed convs)
 
     def pad(X):
-        if not padded:
+        if not any((pt, pl, pb, pr)) and (uh, uw) == (1, 1):
             return X
+
+        def at(y, z):
+            yy, zz = y - pt, z - pl
+            cond = tir.all(yy >= 0, yy < hu, zz >= 0, zz < wu)
+            if (uh, uw) != (1, 1):
+                cond = tir.all(cond, tir.floormod(yy, uh) == 0, tir.floormod(zz, uw) == 0)
+            return cond, tir.floordiv(yy, uh) if uh > 1 else yy, tir.floordiv(zz, uw) if uw > 1 else zz
+
+        shape = (hu + pt + pb, wu + pl + pr)
         if x_cb is None:
-            return te.compute((n, c, h + pt + pb, wd + pl + pr), lambda i, j, y, z: tir.if_then_else(
-                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl], zero), name="pad_temp")
-        return te.compute((n, c // x_cb, h + pt + pb, wd + pl + pr, x_cb), lambda i, j, y, z, k: tir.if_then_else(
-            tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl, k], zero), name="pad_temp")
+            def body(i, j, y, z):
+                cond, yy, zz = at(y, z)
+                return tir.if_then_else(cond, X[i, j, yy, zz], zero)
+            return te.compute((n, c) + shape, body, name="pad_temp")
+
+        def body_b(i, j, y, z, k):
+            cond, yy, zz = at(y, z)
+            return tir.if_then_else(cond, X[i, j, yy, zz, k], zero)
+        return te.compute((n, c // x_cb) + shape + (x_cb,), body_b, name="pad_temp")
 
     if kind == "depthwise":
         # [C/cb, KH, KW, cb]: one vector of taps per channel block
@@ -161,21 +199,27 @@ def conv2d(L, op, x, x_cb: int | None, out_cb: int):
         return L.te_(fn, x, L.const(wp), name="lowbit_dwconv_nchwc")
 
     icb = x_cb or c
-    # [O/cb, C/icb, KH, KW, icb, cb]: the inner kernel reads one contiguous vector of output channels
-    wp = np.ascontiguousarray(weight.reshape(o // out_cb, out_cb, c // icb, icb, kh, kw).transpose(0, 2, 4, 5, 3, 1))
+    ocb = out_cb or o
+    # [O/ocb, C/icb, KH, KW, icb, ocb]: the inner kernel reads one contiguous vector of output channels
+    wp = np.ascontiguousarray(weight.reshape(o // ocb, ocb, c // icb, icb, kh, kw).transpose(0, 2, 4, 5, 3, 1))
 
     def fn(X, W):
         P = pad(X)
         rco, ry, rx = te.reduce_axis((0, c // icb), "rco"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
         rci = te.reduce_axis((0, icb), "rci")
-        if x_cb is None:
-            return te.compute((n, o // out_cb, oh, ow, out_cb), lambda i, f, y, z, k: te.sum(
-                P[i, rci, y * sh + ry * dh, z * sw + rx * dw] * W[f, 0, ry, rx, rci, k], axis=[ry, rx, rci]),
-                name="conv2d_nchwc")
+
+        def load(i, y, z):
+            if x_cb is None:
+                return P[i, rci, y, z]
+            return P[i, rco, y, z, rci]
+        axes = [rco, ry, rx, rci] if x_cb is not None else [ry, rx, rci]
+        wo = (lambda f, k: W[f, rco, ry, rx, rci, k]) if x_cb is not None else (lambda f, k: W[f, 0, ry, rx, rci, k])
+        if out_cb is None:
+            return te.compute((n, o, oh, ow), lambda i, f, y, z: te.sum(
+                load(i, y * sh + ry * dh, z * sw + rx * dw) * wo(0, f), axis=axes), name="conv2d_nchw")
         return te.compute((n, o // out_cb, oh, ow, out_cb), lambda i, f, y, z, k: te.sum(
-            P[i, rco, y * sh + ry * dh, z * sw + rx * dw, rci] * W[f, rco, ry, rx, rci, k], axis=[rco, ry, rx, rci]),
-            name="conv2d_nchwc")
-    return L.te_(fn, x, L.const(wp), name="lowbit_conv2d_nchwc")
+            load(i, y * sh + ry * dh, z * sw + rx * dw) * wo(f, k), axis=axes), name="conv2d_nchwc")
+    return L.te_(fn, x, L.const(wp), name="lowbit_conv2d_nchwc" if out_cb else "lowbit_conv2d")
 
 
 def max_pool2d(L, op, xb, cb: int):

@@ -71,12 +71,20 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         sch.reorder(*s[:-1], vo, *r, vi)
         sch.vectorize(vi)
         outer = sch.fuse(*s[:-1], vo) if s[:-1] else vo
-        if (_extent(sch, outer) or 0) * lanes * max(1, len(r)) >= MIN_PARALLEL // 16:
+        if (_extent(sch, outer) or 0) * lanes * _work(sch, r) >= MIN_PARALLEL:
             sch.parallel(outer)
         sch.decompose_reduction(block, r[0])
         return
     if r:
         sch.reorder(*s, *r)
+    inner_ext = _extent(sch, s[-1]) or 0
+    if not r and vectorizable and inner_ext % lanes and len(s) > 1 and inner_ext >= lanes:
+        # rows that are not a whole number of vectors (a padded 130-wide image): vectors over the flattened
+        # index would straddle rows and compute every lane's address apart; run rows in parallel instead
+        outer = sch.fuse(*s[:-1]) if len(s) > 2 else s[0]
+        if (_extent(sch, outer) or 0) * inner_ext >= MIN_PARALLEL:
+            sch.parallel(outer)
+        return
     fused = sch.fuse(*s) if len(s) > 1 else s[0]
     n = _extent(sch, fused)
     if n is None:
@@ -86,8 +94,16 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         sch.vectorize(inner)
         if n >= MIN_PARALLEL:
             sch.parallel(outer)
-    elif n * max(1, len(r)) >= MIN_PARALLEL // 16:
+    elif n * _work(sch, r) >= MIN_PARALLEL:
         sch.parallel(fused)
+
+
+def _work(sch, loops) -> int:
+    """Iterations of ``loops`` (a loop of unknown extent counts as 16)."""
+    n = 1
+    for lp in loops:
+        n *= _extent(sch, lp) or 16
+    return n
 
 
 def _reduces_outside_vector(sch, block, loop, lanes: int) -> bool:
@@ -311,6 +327,8 @@ class Contraction(CPUScheduleRule):
             loops = sch.get_loops(block)
             ve = _extent(sch, loops[vec])
         vl = _largest_divisor(ve, lanes)
+        if vl & (vl - 1):  # 10 lanes would be split by LLVM into 8 + 2: take the largest power of two that divides
+            vl = max(d for d in (1, 2, 4, 8, 16, 32, 64) if d <= vl and ve % d == 0)
         # register tile: V vectors along the vector axis times R rows along ``reg``, V*R accumulators within
         # ``self.accumulators`` (32 vector registers hold them, the V weight vectors and one broadcast); per
         # reduction step V + R loads feed V*R multiply-adds. The most accumulators wins, then the wider V.
@@ -320,9 +338,11 @@ class Contraction(CPUScheduleRule):
             r = _largest_divisor(_extent(sch, loops[reg]), self.accumulators // v) if reg is not None else 1
             best = max(best, (v * r, v, r))
         _, nv, rl = best
-        wide = nv == 2
+        if rl == 1:  # no row axis to tile (a matrix-vector product): independent accumulators along the vector
+            nv = _largest_divisor(ve // vl, min(8, self.accumulators))
+        wide = nv > 1
         if wide:
-            vo, vu, vi = sch.split(loops[vec], [None, 2, vl])
+            vo, vu, vi = sch.split(loops[vec], [None, nv, vl])
         else:
             vo, vi = sch.split(loops[vec], [None, vl])
         if reg is not None:
@@ -355,6 +375,8 @@ class Contraction(CPUScheduleRule):
         if par:
             fused = sch.fuse(*par) if len(par) > 1 else par[0]
             sch.parallel(fused)
+        elif (_extent(sch, tile_loop) or 1) > 1:
+            sch.parallel(tile_loop)
         sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
         return sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1], acc
 
