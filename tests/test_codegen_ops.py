@@ -16,7 +16,7 @@ LOOSER = {"erf", "gelu-erf", "gelu-tanh", "tanh", "sigmoid", "exp", "log", "soft
 
 
 def build_and_run(graph, inputs):
-    """lowbit's CPU build (lowering, fusion, default schedules), run in-process without exporting."""
+    """lowbit's CPU build (blocked layout, fusion, default schedules) as compile() does it, run in-process."""
     import tvm
     from tvm import relax
 
@@ -24,7 +24,7 @@ def build_and_run(graph, inputs):
     from lowbit.codegen.lower import to_relax
     from lowbit.codegen.target import resolve_target
 
-    ex = _build_cpu(to_relax(graph), resolve_target("cpu"))
+    ex = _build_cpu(to_relax(graph, blocked_layout=True), resolve_target("cpu"))
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(inputs[v.name]) for v in graph.inputs])
     return {n: o.numpy() for n, o in zip(graph.output_names, out)}

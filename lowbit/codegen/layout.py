@@ -71,7 +71,7 @@ def plan(graph) -> dict[int, int]:
     """id(value) -> channels per block, for every value the lowering keeps in the blocked layout."""
     blocked: dict[int, int] = {}
     for op in graph.ops:
-        if not op.results or not _f32_4d(op.result):
+        if len(op.results) != 1 or not _f32_4d(op.result):
             continue
         r = op.result
         cb = block_of(r.type.shape[1])
@@ -98,8 +98,8 @@ def plan(graph) -> dict[int, int]:
         elif op.opname == "reduce_mean" and id(ins[0]) in blocked and op.attrs.get("keepdims", 1) and \
                 sorted(a % 4 for a in op.attrs.get("axes") or ()) == [2, 3]:
             blocked[id(r)] = cb
-        elif op.opname == "concat" and op.attrs["axis"] % 4 == 1 and \
-                all(blocked.get(id(x)) == cb for x in ins):
+        elif op.opname == "concat" and op.attrs["axis"] % 4 == 1 and all(id(x) in blocked for x in ins) and \
+                all(x.type.shape[1] % cb == 0 for x in ins):  # an operand blocked otherwise is re-blocked
             blocked[id(r)] = cb
     return blocked
 
