@@ -200,8 +200,9 @@ def _vars_in(expr) -> set:
 class Contraction(CPUScheduleRule):
     """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
 
-    def __init__(self, tile: int = 8, accumulators: int = 16, inline_copies: bool = True, fuse_epilogue: bool = True):
-        self.tile, self.accumulators = tile, accumulators
+    def __init__(self, tile: int = 8, accumulators: int = 16, inline_copies: bool = True, fuse_epilogue: bool = True,
+                 local_padding: bool = True):
+        self.tile, self.accumulators, self.local_padding = tile, accumulators, local_padding
         self.inline_copies, self.fuse_epilogue = inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
@@ -226,7 +227,7 @@ class Contraction(CPUScheduleRule):
                     pass
         produced = {str(_region_buffer(r).name) for r in sch.get(main.block_rv).writes}
         try:
-            tile_loop, acc = self._tile(sch, main, vbytes)
+            tile_loop, acc, par_loop, vec_var = self._tile(sch, main, vbytes)
         except Exception:
             return None
         fused = []
@@ -253,6 +254,27 @@ class Contraction(CPUScheduleRule):
                 sch.compute_inline(b)
             except Exception:
                 pass
+        # a padding producer read along the vector (channel) axis, as a depthwise conv reads it, is computed per
+        # outer tile into cache (recomputing only the window overlap) instead of as a whole padded copy in memory
+        main_body = sch.get(main.block_rv).body
+        for info in list(others):
+            blk = sch.get(info.block_rv)
+            if par_loop is None or "R" in info.dom_kind() or not self.local_padding:
+                continue
+            names = {str(_region_buffer(r).name) for r in blk.writes}
+            loads = []
+            tvm_ffi.structural_walk(main_body.value, [(BufferLoad, loads.append)], order="post")
+            reads = [ld for ld in loads if str(ld.source.name) in names]
+            if not reads or not all(any(vec_var in _vars_in(ix) for ix in ld.indices) for ld in reads):
+                continue
+            try:
+                sch.compute_at(info.block_rv, par_loop, preserve_unit_loops=True)
+            except Exception:
+                continue
+            loops = sch.get_loops(info.block_rv)
+            if (_extent(sch, loops[-1]) or 0) % _lanes(str(_region_buffer(blk.writes[0]).dtype), vbytes) == 0:
+                sch.vectorize(loops[-1])
+            others.remove(info)
         for info in others:
             try:
                 _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
@@ -372,13 +394,15 @@ class Contraction(CPUScheduleRule):
         if vl > 1:
             sch.vectorize(vi)  # before decompose_reduction: vectorize needs a complete reduction block
             sch.vectorize(sch.get_loops(acc)[-1])
+        par_loop = None
         if par:
-            fused = sch.fuse(*par) if len(par) > 1 else par[0]
-            sch.parallel(fused)
+            par_loop = sch.fuse(*par) if len(par) > 1 else par[0]
+            sch.parallel(par_loop)
         elif (_extent(sch, tile_loop) or 1) > 1:
             sch.parallel(tile_loop)
         sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
-        return sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1], acc
+        tile_loop = sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1]
+        return tile_loop, acc, par_loop, iters[vec].var
 
 
 def default_rules():
