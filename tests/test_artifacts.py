@@ -152,12 +152,13 @@ def test_wrong_inputs_name_the_signature(artifacts, tmp_path):
 
 def test_inspect(artifacts):
     p = run_cli("inspect", artifacts["qdq_cnn"], check_rc=0)
-    assert "pipeline   canonicalize,fold-constants,fold-batchnorm,fuse,canonicalize,dce" in p.stdout
+    assert "pipeline   canonicalize,fold-constants,fold-batchnorm,fuse,lower-qdq,canonicalize,dce" in p.stdout
     assert "input: f32[1x3x32x32]" in p.stdout and "lib/model.so" in p.stdout
     m = json.loads(run_cli("inspect", artifacts["qdq_cnn"], "--json", check_rc=0).stdout)
     assert m["format_version"] == 1 and m["versions"]["tvm"].startswith("0.27")
     assert m["target"]["kind"] == "llvm" and m["target"]["num-cores"] >= 1
-    assert [lay["op"] for lay in m["layers"]] == ["conv2d", "conv2d", "conv2d", "gemm"]
+    assert [lay["op"] for lay in m["layers"]] == ["qconv2d", "qconv2d", "qconv2d", "qmatmul"]
+    assert {(lay["input"], lay["weight"], lay["output"]) for lay in m["layers"]} == {("u8", "i8", "u8")}
     assert set(m["members"]) == {"lib/model.so"} and all(len(h) == 64 for h in m["members"].values())
 
 

@@ -18,7 +18,7 @@ from ..runtime.artifact import LIBRARY, sha256, write_artifact
 from .lower import to_relax
 from .target import resolve_target, tvm_target
 
-COMPUTE_OPS = {"conv2d", "conv_transpose2d", "matmul", "gemm"}
+COMPUTE_OPS = {"conv2d", "conv_transpose2d", "matmul", "gemm", "qconv2d", "qmatmul"}
 
 
 class Artifact:

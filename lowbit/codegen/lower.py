@@ -253,6 +253,90 @@ def _dequantize_expr(L, q, t):
     return L.R.multiply(L.R.astype(L.R.subtract(L.R.astype(q, "int32"), zp), "float32"), scale)
 
 
+def _requant_consts(op, channel_axis_len: int):
+    """Per-output-channel f32 multipliers m = f32(sx * sw) / sy, as the reference computes them."""
+    xt, wt, rt = op.operands[0].type, op.operands[1].type, op.result.type
+    m = (np.float32(xt.quant.scale[0]) * wt.quant.scale_array().astype(np.float32)) / np.float32(rt.quant.scale[0])
+    return np.ascontiguousarray(np.broadcast_to(m.astype(np.float32), (channel_axis_len,)))
+
+
+def _requant_body(L, op, acc, m):
+    """saturate(round_half_even(f32(acc) * m) + zy) [clamped at zy for relu], in the result dtype."""
+    rt = op.result.type
+    lo, hi = rt.dtype.iinfo()
+    zy = int(rt.quant.zero_point[0])
+    if op.attrs["activation"] == "relu":
+        lo = max(lo, zy)
+    tir = L.tir
+    v = tir.nearbyint(acc.astype("float32") * m).astype("int32") + tir.const(zy, "int32")
+    return tir.max(tir.min(v, tir.const(hi, "int32")), tir.const(lo, "int32")).astype(_np(rt))
+
+
+@rule("qconv2d")
+def _qconv2d(L, op, x, w, b=None):
+    """Integer conv: sum(i32(x) * i32(w)) over the input padded with its zero point, minus zx * sum(w) and plus
+    the bias folded into one per-channel i32 constant, requantized per output channel."""
+    a = op.attrs
+    xt = op.operands[0].type
+    (pt, pl, pb, pr), (sh, sw), (dh, dw), g = a["pads"], a["strides"], a["dilations"], a["groups"]
+    n, c, h, wd = xt.shape
+    weight = op.operands[1].const_value.astype(np.int32)
+    o, cpg, kh, kw = weight.shape
+    _, _, oh, ow = op.result.type.shape
+    zx = int(xt.quant.zero_point[0])
+    corr = -zx * weight.reshape(o, -1).sum(axis=1)
+    if b is not None:
+        corr = corr + op.operands[2].const_value.astype(np.int64)
+    te, tir = L.te, L.tir
+    xd = _np(xt)
+    opg = o // g
+
+    def fn(X, W, Cr, M):
+        if any((pt, pl, pb, pr)):
+            P = te.compute((n, c, h + pt + pb, wd + pl + pr), lambda i, j, y, z: tir.if_then_else(
+                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl],
+                tir.const(zx, xd)), name="pad_temp")
+        else:
+            P = X
+        rc, ry, rx = te.reduce_axis((0, cpg), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
+        if g == 1:  # weights packed [C, KH, KW, O]: vectors over output channels
+            acc = te.compute((n, o, oh, ow), lambda i, f, y, z: te.sum(
+                P[i, rc, y * sh + ry * dh, z * sw + rx * dw].astype("int32") * W[rc, ry, rx, f].astype("int32"),
+                axis=[rc, ry, rx]), name="qconv2d_acc")
+        else:
+            acc = te.compute((n, o, oh, ow), lambda i, f, y, z: te.sum(
+                P[i, (f // opg) * cpg + rc, y * sh + ry * dh, z * sw + rx * dw].astype("int32") *
+                W[f, rc, ry, rx].astype("int32"), axis=[rc, ry, rx]), name="qconv2d_acc")
+        return te.compute((n, o, oh, ow), lambda i, f, y, z: _requant_body(
+            L, op, acc[i, f, y, z] + Cr[f], M[f]), name="requantize")
+    wp = weight.astype(np.int8)
+    wp = np.ascontiguousarray(wp.transpose(1, 2, 3, 0)) if g == 1 else wp
+    return L.te_(fn, x, L.const(wp), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o)),
+                 name="lowbit_qconv2d")
+
+
+@rule("qmatmul")
+def _qmatmul(L, op, x, w, b=None):
+    """Integer matmul by a constant [K, N], the same folding and requantization as qconv2d."""
+    xt = op.operands[0].type
+    weight = op.operands[1].const_value.astype(np.int32)
+    k, nn = weight.shape
+    zx = int(xt.quant.zero_point[0])
+    corr = -zx * weight.sum(axis=0)
+    if b is not None:
+        corr = corr + op.operands[2].const_value.astype(np.int64)
+    shape = op.result.type.shape
+    te = L.te
+
+    def fn(X, W, Cr, M):
+        r = te.reduce_axis((0, k), "k")
+        acc = te.compute(shape, lambda *i: te.sum(X[i[:-1] + (r,)].astype("int32") * W[r, i[-1]].astype("int32"),
+                                                  axis=[r]), name="qmatmul_acc")
+        return te.compute(shape, lambda *i: _requant_body(L, op, acc[i] + Cr[i[-1]], M[i[-1]]), name="requantize")
+    return L.te_(fn, x, L.const(weight.astype(np.int8)), L.const(corr.astype(np.int32)),
+                 L.const(_requant_consts(op, nn)), name="lowbit_qmatmul")
+
+
 @rule("quantize")
 def _quantize(L, op, x):
     return _quantize_expr(L, x, op.result.type)

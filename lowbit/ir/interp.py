@@ -423,6 +423,46 @@ def _conv2d(op, x, w, b=None):
     return y
 
 
+def requantize_accumulator(acc: np.ndarray, x_t, w_t, r_t, channel_axis: int, activation: str) -> np.ndarray:
+    """saturate(round_half_even(f32(acc) * m) + zy) with m = f32(sx * sw) / sy, per output channel."""
+    sx = np.float32(x_t.quant.scale[0])
+    sw = w_t.quant.scale_array().astype(np.float32)
+    m = (sx * sw) / np.float32(r_t.quant.scale[0])
+    if m.size > 1:
+        shape = [1] * acc.ndim
+        shape[channel_axis] = m.size
+        m = m.reshape(shape)
+    zy = int(r_t.quant.zero_point[0])
+    lo, hi = r_t.dtype.iinfo()
+    if activation == "relu":
+        lo = max(lo, zy)
+    v = np.rint(acc.astype(np.int32).astype(np.float32) * m).astype(np.int64) + zy
+    return np.clip(v, lo, hi).astype(r_t.dtype.np_dtype)
+
+
+def _centered(q: np.ndarray, t) -> np.ndarray:
+    """q - zero_point as float64: products and sums of u8/i8 values stay exact integers in float64."""
+    return q.astype(np.float64) - float(t.quant.zero_point[0])
+
+
+@impl("qconv2d")
+def _qconv2d(op, x, w, b=None):
+    xt, wt = op.operands[0].type, op.operands[1].type
+    acc = _conv2d(op, _centered(x, xt), w.astype(np.float64))  # padding with 0 = the real value 0
+    if b is not None:
+        acc = acc + b.astype(np.float64).reshape(1, -1, 1, 1)
+    return requantize_accumulator(np.rint(acc).astype(np.int64), xt, wt, op.result.type, 1, op.attrs["activation"])
+
+
+@impl("qmatmul")
+def _qmatmul(op, x, w, b=None):
+    xt, wt = op.operands[0].type, op.operands[1].type
+    acc = np.matmul(_centered(x, xt), w.astype(np.float64))
+    if b is not None:
+        acc = acc + b.astype(np.float64)
+    return requantize_accumulator(np.rint(acc).astype(np.int64), xt, wt, op.result.type, -1, op.attrs["activation"])
+
+
 @impl("conv_transpose2d")
 def _conv_transpose2d(op, x, w, b=None):
     a = op.attrs

@@ -559,10 +559,47 @@ def _infer_global_pool(t, a):
 _CONV = {"strides": Attr("ints", (1, 1)), "pads": Attr("ints", (0, 0, 0, 0)), "dilations": Attr("ints", (1, 1)),
          "groups": Attr("int", 1)}
 register(OpSchema("matmul", (2, 2), {}, _infer_matmul, doc="numpy matmul semantics"))
+
+
+def _float_view(t: TensorType) -> TensorType:
+    return TensorType(t.shape, dt.f32)
+
+
+def _check_integer_op(infer_float, weight_axis):
+    """Checks for qconv2d / qmatmul: a per-tensor u8/i8 input, an i8 weight with zero points 0 (per-tensor
+    or per output channel along ``weight_axis``), an optional i32 bias, a per-tensor u8/i8 result."""
+    def check(types, attrs, results):
+        x, w = types[0], types[1]
+        (r,) = results
+        if x.dtype not in (dt.u8, dt.i8) or x.quant is None or x.quant.axis is not None:
+            raise ValueError(f"input must be a per-tensor quantized u8/i8 tensor, got {x}")
+        q = w.quant
+        if w.dtype != dt.i8 or q is None or q.group is not None or q.axis not in (None, weight_axis % w.rank) \
+                or any(z != 0 for z in q.zero_point):
+            raise ValueError(f"weight must be i8 with zero point 0, per tensor or per output channel, got {w}")
+        if len(types) == 3 and (types[2].dtype != dt.i32 or types[2].quant is not None):
+            raise ValueError(f"bias must be a plain i32 tensor in units of input scale x weight scale, got {types[2]}")
+        (f,) = infer_float([_float_view(t) for t in types[:2]], attrs)
+        if len(types) == 3 and types[2].shape != (f.shape[1 if weight_axis == 0 else -1],):
+            raise ValueError(f"bias shape {types[2].shape} is not one value per output channel")
+        if r.shape != f.shape:
+            raise ValueError(f"result shape {r.shape} should be {f.shape}")
+        if r.dtype not in (dt.u8, dt.i8) or r.quant is None or r.quant.axis is not None:
+            raise ValueError(f"result must be a per-tensor quantized u8/i8 tensor, got {r}")
+        _check_quant_type(r, r.shape)
+    return check
+
+
+_INTEGER_DOC = ("acc = sum((x - zx) * w) + bias exactly in integers; y = saturate(round_half_even(f32(acc) * m) + zy), "
+                "m = f32(sx * sw) / sy per output channel in f32; activation relu clamps at zy")
+register(OpSchema("qmatmul", (2, 3), {"activation": Attr("str", "none", ("none", "relu"))}, None,
+                  _check_integer_op(_infer_matmul, -1), doc="x[.., K] @ w[K, N] in integers; " + _INTEGER_DOC))
 register(OpSchema("gemm", (2, 3), {"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0),
                                    "trans_a": Attr("bool", False), "trans_b": Attr("bool", False)}, _infer_gemm))
 register(OpSchema("conv2d", (2, 3), dict(_CONV), _infer_conv,
                   doc="NCHW x OIHW; pads = [top, left, bottom, right]"))
+register(OpSchema("qconv2d", (2, 3), dict(_CONV, activation=Attr("str", "none", ("none", "relu"))), None,
+                  _check_integer_op(_infer_conv, 0), doc="conv2d in integers; " + _INTEGER_DOC))
 register(OpSchema("conv_transpose2d", (2, 3), dict(_CONV, output_padding=Attr("ints", (0, 0))),
                   _infer_conv_transpose, doc="NCHW x IOHW (ONNX ConvTranspose)"))
 register(OpSchema("max_pool2d", (1, 1), {"kernel": Attr("ints"), "strides": Attr("ints", (1, 1)),

@@ -26,7 +26,7 @@ _PASSES: dict[str, type["Pass"]] = {}
 PRESETS: dict[str, str] = {
     "O0": "",
     "O1": "canonicalize,fold-constants,dce",
-    "O2": "canonicalize,fold-constants,fold-batchnorm,fuse,canonicalize,dce",
+    "O2": "canonicalize,fold-constants,fold-batchnorm,fuse,lower-qdq,canonicalize,dce",
 }
 
 

@@ -1,6 +1,6 @@
 """Per-kernel time of a compiled model: where the milliseconds go.
 
-    python benchmarks/profile.py MODEL.onnx|ART.lbit [--runs 20] [--threads 2] [--top 25] [--shape x=1x3x224x224]
+    python benchmarks/kernel_profile.py MODEL.onnx|ART.lbit [--runs 20] [--threads 2] [--top 25] [--shape x=1x3x224x224]
 
 Compiles an ONNX file (or loads an artifact), runs it with a Relax VM instrument that times every kernel
 call, and prints kernels by total median time with their share of the run (plus the VM's own overhead).
