@@ -83,7 +83,7 @@ def cmd_opt(args) -> int:
 
     pipeline = parse_pipeline(args.pipeline)  # a bad pipeline fails before any slow import
     ctx = PassContext(verify_each=not args.no_verify_each, print_after_all=args.print_after_all,
-                      timing=args.timing, debug_rewrites=args.debug_rewrites)
+                      timing=args.timing, debug_rewrites=args.debug_rewrites, calibration=args.calib)
     if args.split_input_file:
         try:
             with open(args.file, encoding="utf-8") as f:
@@ -113,7 +113,8 @@ def _pipeline_arg(args) -> str:
 def cmd_compile(args) -> int:
     from .codegen import compile as compile_model
 
-    art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []))
+    art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []),
+                        calibration=args.calib)
     art.save(args.output)
     if sys.stderr.isatty():
         print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
@@ -257,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("-o", "--output", help="write the IR here instead of stdout")
     o.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
                    help="bind a symbolic input shape, e.g. --shape input_ids=1x128 (repeatable)")
+    o.add_argument("--calib", metavar="DATA", help="calibration data for quantize (.npz or a directory of them)")
     o.add_argument("--print-after-all", action="store_true", help="print the IR after every pass (stderr)")
     o.add_argument("--timing", action="store_true", help="print per-pass wall time (stderr)")
     o.add_argument("--debug-rewrites", action="store_true", help="print why rewrite rules declined (stderr)")
@@ -272,7 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="auto",
                    help="auto (this CPU), cpu, cuda, cuda:sm_XX, or a TVM target JSON object (default: auto)")
     c.add_argument("--pipeline", help="pass pipeline text (default: the O2 preset)")
-    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2")))
+    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8")))
+    c.add_argument("--calib", metavar="DATA", help="calibration data for quantize: an .npz (keys = input names, "
+                   "leading axis = samples) or a directory of .npz files")
     c.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
                    help="bind a symbolic input shape (repeatable)")
     c.set_defaults(func=cmd_compile)

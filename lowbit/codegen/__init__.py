@@ -116,13 +116,16 @@ def _cuda_device_code(ex, target) -> dict[str, bytes]:
     return blobs
 
 
-def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None) -> Artifact:
-    """Import (if given a path), run ``pipeline``, lower to TVM, build for ``target``; return an Artifact."""
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None) -> Artifact:
+    """Import (if given a path), run ``pipeline``, lower to TVM, build for ``target``; return an Artifact.
+
+    ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
+    iterable of ``{input name: array}``."""
     import tvm
 
     from ..frontend import load
     from ..ir.graph import Graph
-    from ..passes import parse_pipeline, run_pipeline
+    from ..passes import PassContext, parse_pipeline, run_pipeline
 
     prog = progress if isinstance(progress, Progress) else Progress(progress)
     t_start = time.perf_counter()
@@ -134,7 +137,7 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
         with prog.step("importing"):
             graph = load(graph_or_path, shapes=shapes)
     with prog.step(f"running passes ({str(passes) or 'none'})"):
-        graph = run_pipeline(graph, passes)
+        graph = run_pipeline(graph, passes, PassContext(calibration=calibration))
     with prog.step("lowering to TVM Relax"):
         mod = to_relax(graph, blocked_layout=target["kind"] == "llvm")
     with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):

@@ -1,0 +1,135 @@
+"""quantize: static INT8 post-training quantization, written as QDQ in the IR (``lower-qdq`` then makes the
+quantized convolutions and matmuls integer ops).
+
+Options: ``calibrator`` (minmax | percentile | entropy | mse), ``percentile`` (for the percentile
+calibrator), ``activations`` (u8: asymmetric, the fast form on x86; i8: symmetric), ``exclude_ops`` (op
+names left in float, e.g. ``[gemm]``) and ``exclude_nodes`` (op locations, i.e. ONNX node names).
+
+Weights: int8 symmetric per output channel (scale = max|w| / 127). Biases: i32 in units of input scale x
+weight scale. Activations: one scale and zero point per tensor from the calibrator, at every input of a
+quantized op and at its output (after a following ReLU, which the integer op then applies). Calibration data
+comes from the pass context (``PassContext(calibration=...)``, ``lowbit compile --calib``): an .npz with one
+leading sample axis, a directory of .npz files, or an iterable of ``{input name: array}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LowbitError
+from ..ir import dtypes as dt
+from ..ir.graph import Graph
+from ..ir.types import QuantParams, TensorType
+from .base import Pass, PassContext, register_pass
+
+TARGETS = ("conv2d", "gemm", "matmul")
+
+
+def _weight_axis(op) -> int | None:
+    """The output-channel axis of a quantizable op's constant weight, or None when the op is not quantizable."""
+    w = op.operands[1]
+    if not w.is_const or w.type.dtype != dt.f32 or op.operands[0].type.dtype != dt.f32:
+        return None
+    if op.opname == "conv2d":
+        return 0 if len(op.operands) < 3 or op.operands[2].is_const else None
+    if op.opname == "gemm":
+        a = op.attrs
+        if a["trans_a"] or a["alpha"] != 1.0 or a["beta"] != 1.0 or (len(op.operands) > 2 and not op.operands[2].is_const):
+            return None
+        return 0 if a["trans_b"] else 1
+    if op.opname == "matmul" and w.type.rank == 2 and op.operands[0].type.rank >= 2:
+        return 1
+    return None
+
+
+def _output_point(g: Graph, op):
+    """Where the op's output is quantized: after a ReLU that is its only user, else its result."""
+    y = op.results[0]
+    users = y.users
+    if len(users) == 1 and users[0].opname == "relu" and not g.is_output(y):
+        return users[0].results[0]
+    return y
+
+
+@register_pass
+@dataclass(frozen=True)
+class Quantize(Pass):
+    name = "quantize"
+    calibrator: str = "minmax"
+    percentile: float = 99.999
+    activations: str = "u8"
+    exclude_ops: tuple = ()
+    exclude_nodes: tuple = ()
+
+    def __post_init__(self):
+        from ..quant.calibrate import CALIBRATORS
+
+        if self.calibrator not in CALIBRATORS:
+            raise ValueError(f"unknown calibrator '{self.calibrator}' (known: {', '.join(CALIBRATORS)})")
+        if self.activations not in ("u8", "i8"):
+            raise ValueError(f"activations must be u8 or i8, got '{self.activations}'")
+        if not 50 < self.percentile <= 100:
+            raise ValueError(f"percentile must be in (50, 100], got {self.percentile}")
+
+    def run(self, graph: Graph, ctx: PassContext) -> None:
+        from ..quant.calibrate import calibrate_range, collect, load_samples, qparams
+
+        targets = [op for op in graph.ops if op.opname in TARGETS and op.opname not in self.exclude_ops
+                   and (op.loc or "") not in self.exclude_nodes and _weight_axis(op) is not None]
+        if not targets:
+            return
+        if ctx.calibration is None:
+            raise LowbitError("the quantize pass needs calibration data (lowbit compile --calib DATA, or "
+                              "PassContext(calibration=...))")
+        samples = ctx.calibration if isinstance(ctx.calibration, list) and ctx.calibration and \
+            isinstance(ctx.calibration[0], dict) else load_samples(ctx.calibration, graph)
+        signed = self.activations == "i8"
+        points, outputs = {}, set()
+        for op in targets:
+            points[id(op.operands[0])] = op.operands[0]
+            y = _output_point(graph, op)
+            points[id(y)] = y
+            outputs.add(id(y))
+        obs = collect(graph, samples, list(points))
+        qtype = {}
+        for k, v in points.items():
+            scale, zp = qparams(*calibrate_range(obs[k], self.calibrator, self.percentile, signed), signed)
+            qtype[k] = TensorType(v.type.shape, dt.i8 if signed else dt.u8, QuantParams((float(np.float32(scale)),), (zp,)))
+        # weights and biases first (their scales need the input's), then one quantize/dequantize per point
+        for op in targets:
+            self._quantize_weights(graph, op, qtype[id(op.operands[0])])
+        for k, v in points.items():
+            first = next((op for op in graph.ops if any(o is v for o in op.operands)), None)
+            q = graph.create("quantize", [v], {}, [qtype[k]], loc=v.producer.loc if v.producer else v.name,
+                             before=first).result
+            dq = graph.create("dequantize", [q], loc=q.producer.loc, before=first).result
+            for user, idx in list(v.uses):
+                if user is not q.producer:
+                    user.set_operand(idx, dq)
+            if k in outputs:  # a quantized op's result leaves the model as its integer op computes it
+                graph.outputs = [dq if o is v else o for o in graph.outputs]
+
+    @staticmethod
+    def _quantize_weights(g: Graph, op, xq: TensorType) -> None:
+        axis = _weight_axis(op)
+        w = op.operands[1].const_value.astype(np.float64)
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.max(np.abs(w), axis=red)
+        sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        wq = np.clip(np.rint(w / sw.reshape(shape)), -127, 127).astype(np.int8)
+        wt = TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis))
+        wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
+        op.set_operand(1, wv)
+        if len(op.operands) > 2:
+            b = op.operands[2].const_value.astype(np.float64).reshape(-1)
+            unit = np.float64(np.float32(xq.quant.scale[0])) * sw.astype(np.float64)
+            bq = np.rint(b / unit)
+            if np.any(np.abs(bq) >= 2 ** 31):
+                raise LowbitError(f"{op.describe()}: the bias does not fit i32 at input scale x weight scale")
+            bt = TensorType(bq.shape, dt.i32, QuantParams(tuple(map(float, unit)), (0,) * len(unit), 0))
+            bv = g.create("dequantize", [g.const(bq.astype(np.int32), loc=op.loc, before=op, type=bt)], loc=op.loc,
+                          before=op).result
+            op.set_operand(2, bv)

@@ -1,0 +1,1 @@
+"""Quantization support: calibration data, observers and calibrators (the passes live in ``lowbit.passes``)."""
