@@ -105,3 +105,21 @@ def test_lower_qdq_turns_the_qdq_cnn_into_integer_ops(zoo_dir):
         step = 0.008021261  # the output's quantization step
         assert np.max(np.abs(lowbit.interpret(g, x)["logits"] - want)) <= step * 1.001
         assert np.max(np.abs(build_and_run(g, x)["logits"] - lowbit.interpret(g, x)["logits"])) == 0
+
+
+def test_u8_conv_uses_vnni_where_the_cpu_has_it():
+    """On a VNNI CPU the u8 x i8 conv's inner step is one vpdpbusd (lowbit's own intrinsic: TVM's fails to build
+    under LLVM 20); elsewhere the same kernel is an ordinary integer contraction (the tests above)."""
+    from lowbit.runtime.host import cpu_flags
+
+    if "avx512_vnni" not in cpu_flags():
+        pytest.skip("this CPU has no AVX-512 VNNI")
+    from lowbit.codegen import _build_cpu
+    from lowbit.codegen.lower import to_relax
+    from lowbit.codegen.target import resolve_target
+
+    g, x, _ = _qconv_graph(32, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
+    ex = _build_cpu(to_relax(g, blocked_layout=True), resolve_target("cpu"))
+    asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
+    assert "vpdpbusd" in asm
+    np.testing.assert_array_equal(build_and_run(g, x)["y"], lowbit.interpret(g, x)["y"])

@@ -57,7 +57,8 @@ def _zoo_graph(name):
     return lowbit.load(model, shapes=zoo.SHAPES.get(name)), inputs
 
 
-@pytest.mark.parametrize("pipeline", sorted(registered_passes()) + ["O2"])
+# quantize changes numerics by design and needs calibration data: tests/test_quantize.py
+@pytest.mark.parametrize("pipeline", sorted(set(registered_passes()) - {"quantize"}) + ["O2"])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_like", "encoder", "legacy_cnn", "qdq_cnn"])
 def test_pass_keeps_zoo_numerics(name, pipeline):
     g, inputs = _zoo_graph(name)

@@ -290,6 +290,8 @@ def _qconv2d(L, op, x, w, b=None):
     te, tir = L.te, L.tir
     xd = _np(xt)
     opg = o // g
+    if g == 1 and o % 16 == 0 and xt.dtype == dt.u8:
+        return _qconv2d_dot4(L, op, x, weight, corr)
 
     def fn(X, W, Cr, M):
         if any((pt, pl, pb, pr)):
@@ -313,6 +315,39 @@ def _qconv2d(L, op, x, w, b=None):
     wp = np.ascontiguousarray(wp.transpose(1, 2, 3, 0)) if g == 1 else wp
     return L.te_(fn, x, L.const(wp), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o)),
                  name="lowbit_qconv2d")
+
+
+def _qconv2d_dot4(L, op, x, weight: np.ndarray, corr: np.ndarray):
+    """u8 x i8 dense conv in the shape of the VNNI instruction (vpdpbusd: 16 i32 lanes += 4 u8 . 4 i8 each):
+    the input is padded (with its zero point) into [N, C/4, H, W, 4] and the weights packed into
+    [O/16, C/4, KH, KW, 16, 4]; the schedule tensorizes the 16 x 4 inner block on CPUs with VNNI
+    (``schedules.DotProduct4``), and it is an ordinary integer contraction elsewhere."""
+    a = op.attrs
+    xt = op.operands[0].type
+    (pt, pl, pb, pr), (sh, sw), (dh, dw) = a["pads"], a["strides"], a["dilations"]
+    n, c, h, wd = xt.shape
+    o, _, kh, kw = weight.shape
+    _, _, oh, ow = op.result.type.shape
+    zx = int(xt.quant.zero_point[0])
+    c4 = (c + 3) // 4
+    wp = np.zeros((o // 16, 16, c4 * 4, kh, kw), np.int8)
+    wp[:, :, :c] = weight.reshape(o // 16, 16, c, kh, kw)  # padded channels weigh 0
+    wp = np.ascontiguousarray(wp.reshape(o // 16, 16, c4, 4, kh, kw).transpose(0, 2, 4, 5, 1, 3))
+    te, tir = L.te, L.tir
+
+    def fn(X, W, Cr, M):
+        P = te.compute((n, c4, h + pt + pb, wd + pl + pr, 4), lambda i, j, y, z, k: tir.if_then_else(
+            tir.all(j * 4 + k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
+            X[i, tir.min(j * 4 + k, c - 1), y - pt, z - pl], tir.const(zx, "uint8")), name="pad_dot4")
+        rc, ry, rx, rk = (te.reduce_axis((0, c4), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx"),
+                          te.reduce_axis((0, 4), "rk"))
+        acc = te.compute((n, o // 16, oh, ow, 16), lambda i, f, y, z, q: te.sum(
+            P[i, rc, y * sh + ry * dh, z * sw + rx * dw, rk].astype("int32") * W[f, rc, ry, rx, q, rk].astype("int32"),
+            axis=[rc, ry, rx, rk]), name="qconv2d_dot4")
+        return te.compute((n, o, oh, ow), lambda i, f, y, z: _requant_body(
+            L, op, acc[i, f // 16, y, z, f % 16] + Cr[f], M[f]), name="requantize")
+    return L.te_(fn, x, L.const(wp), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o)),
+                 name="lowbit_qconv2d_dot4")
 
 
 @rule("qmatmul")

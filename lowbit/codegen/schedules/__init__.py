@@ -405,5 +405,100 @@ class Contraction(CPUScheduleRule):
         return tile_loop, acc, par_loop, iters[vec].var
 
 
+_VNNI = "lowbit_dot_16x4_vnni"
+
+
+def _vnni_intrin() -> str:
+    """TVM's dot_16x4_vnni with the operand types LLVM 20 wants (<64 x i8>; TVM's own fails to build, TVM.md):
+    C[16] (i32) += A[4] (u8, broadcast) . B[16, 4] (i8), one vpdpbusd."""
+    from tvm.s_tir import TensorIntrin  # not tvm.s_tir.tensor_intrin: importing it takes over a minute
+    from tvm.script import tirx as T
+
+    try:
+        TensorIntrin.get(_VNNI)
+        return _VNNI
+    except Exception:
+        pass
+
+    @T.prim_func(s_tir=True)
+    def desc(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((16, 4), "int8", offset_factor=1),
+             C: T.Buffer((16,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="int8x64")
+            C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), C.vload([0], dtype="int32x16"), a,
+                B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    TensorIntrin.register(_VNNI, desc, impl)
+    return _VNNI
+
+
+class DotProduct4(CPUScheduleRule):
+    """The u8 x i8 conv laid out for VNNI (``lower._qconv2d_dot4``): an R x 16 tile of i32 accumulators over
+    output columns x output channels, each 16-channel step one ``vpdpbusd`` (TVM's dot_16x4_vnni intrinsic)
+    over 4 input channels; the requantization runs per tile from the accumulators. Only on VNNI CPUs."""
+
+    rows = 8
+
+    def apply(self, func, target, _tunable):
+        mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
+        if mcpu not in ("sapphirerapids", "cascadelake", "icelake-server"):
+            return None
+        opened = _open(self, func, target)
+        if opened is None:
+            return None
+        sch, infos = opened
+        main = [i for i in infos if sch.get(i.block_rv).name_hint == "qconv2d_dot4"]
+        if len(main) != 1:
+            return None
+        block = main[0].block_rv
+        try:
+            loops = sch.get_loops(block)
+            if len(loops) < 8:  # [n,] oco, y, x, 16 | c/4, ky, kx, 4 (normalization drops a unit batch loop)
+                return None
+            lead, (f, y, x, q, rc, ry, rx, rk) = loops[:-8], loops[-8:]
+            r = _largest_divisor(_extent(sch, x), self.rows)
+            xo, xi = sch.split(x, [None, r])
+            sch.reorder(*lead, f, y, xo, rc, ry, rx, xi, q, rk)
+            # the intrinsic's accumulator is a "global" buffer; a per-tile one still ends up in registers
+            acc = sch.cache_write(block, 0, "global")
+            sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+            outer = sch.fuse(*lead, f, y, xo)
+            sch.parallel(outer)
+            sch.decompose_reduction(block, rc)
+            sch.tensorize(q, _vnni_intrin())
+            sch.unroll(xi)
+            for info in infos:
+                if info is main[0]:
+                    continue
+                b = info.block_rv
+                name = sch.get(b).name_hint
+                if name == "requantize":
+                    sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
+                else:
+                    _schedule_spatial(sch, b, info.dom_kind(), _vector_bytes(target))
+            try:
+                sch.compute_inline(acc)
+            except Exception:
+                pass
+        except Exception:
+            return None
+        return sch
+
+
 def default_rules():
-    return [Contraction(), Elementwise()]
+    return [DotProduct4(), Contraction(), Elementwise()]
