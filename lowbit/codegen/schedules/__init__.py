@@ -77,7 +77,23 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         return
     if r:
         sch.reorder(*s, *r)
-    inner_ext = _extent(sch, s[-1]) or 0
+    exts = [_extent(sch, lp) or 0 for lp in s]
+    inner_ext = exts[-1]
+    # vectors must not straddle rows: the vector width divides the trailing run of the flattened index
+    trailing = 1
+    for e in reversed(exts):
+        trailing *= e
+        if trailing >= lanes or not e:
+            break
+    width = max((d for d in (64, 32, 16, 8, 4) if d <= lanes and trailing and trailing % d == 0), default=0)
+    if not r and vectorizable and trailing % lanes and width >= 4 and all(exts):
+        # e.g. [.., 58, 4] u8 blocks (232 per row: 8-wide vectors) or a 130-wide f32 row (no power of two)
+        fused = sch.fuse(*s) if len(s) > 1 else s[0]
+        outer, inner = sch.split(fused, [None, width])
+        sch.vectorize(inner)
+        if _extent(sch, outer) * width >= MIN_PARALLEL:
+            sch.parallel(outer)
+        return
     if not r and vectorizable and inner_ext % lanes and len(s) > 1 and inner_ext >= lanes:
         # rows that are not a whole number of vectors (a padded 130-wide image): vectors over the flattened
         # index would straddle rows and compute every lane's address apart; run rows in parallel instead
@@ -468,18 +484,22 @@ class DotProduct4(CPUScheduleRule):
         block = main[0].block_rv
         try:
             loops = sch.get_loops(block)
-            if len(loops) < 8:  # [n,] oco, y, x, 16 | c/4, ky, kx, 4 (normalization drops a unit batch loop)
+            kinds = main[0].dom_kind()
+            sp = [lp for lp, k in zip(loops, kinds) if k == "S"]
+            rd = [lp for lp, k in zip(loops, kinds) if k == "R"]
+            # [n, oco,] y, x, 16 | [c/4, ky, kx,] 4: normalization drops unit loops (a 3-channel stem's c/4)
+            if len(sp) < 2 or not rd or _extent(sch, sp[-1]) != 16 or _extent(sch, rd[-1]) != 4:
                 return None
-            lead, (f, y, x, q, rc, ry, rx, rk) = loops[:-8], loops[-8:]
+            x, q, rk = sp[-2], sp[-1], rd[-1]
             r = _largest_divisor(_extent(sch, x), self.rows)
             xo, xi = sch.split(x, [None, r])
-            sch.reorder(*lead, f, y, xo, rc, ry, rx, xi, q, rk)
+            sch.reorder(*sp[:-2], xo, *rd[:-1], xi, q, rk)
             # the intrinsic's accumulator is a "global" buffer; a per-tile one still ends up in registers
             acc = sch.cache_write(block, 0, "global")
             sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-            outer = sch.fuse(*lead, f, y, xo)
+            outer = sch.fuse(*sp[:-2], xo)
             sch.parallel(outer)
-            sch.decompose_reduction(block, rc)
+            sch.decompose_reduction(block, rd[0] if len(rd) > 1 else xi)
             sch.tensorize(q, _vnni_intrin())
             sch.unroll(xi)
             for info in infos:
