@@ -29,11 +29,15 @@ def run_passes(graph, pipeline: str, ctx=None):
     return run_pipeline(graph, pipeline, ctx)
 
 
-def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None):
-    """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``)."""
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None):
+    """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``).
+
+    ``calibration`` (an .npz path, a directory of them, or an iterable of ``{input name: array}``) feeds the
+    ``quantize`` pass, e.g. ``lowbit.compile("m.onnx", pipeline="int8", calibration=samples)``."""
     from .codegen import compile as _compile
 
-    return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress)
+    return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress,
+                    calibration=calibration)
 
 
 def __getattr__(name):

@@ -74,10 +74,17 @@ def _bias_i32(bias, xq, wq, n_out: int):
 
 
 def _unwrap(root, m):
-    """(compute op, activation) under the quantize root: relu is folded into the integer op."""
+    """(compute op, activation) under the quantize root: relu is folded into the integer op, and so is a
+    Clip(0, hi) (ReLU6) whose upper bound the result's saturation already enforces: the largest representable
+    value, (qmax - zp) * scale, rounds to at most hi."""
     y = root.operands[0].producer
     if y is not None and y.opname == "relu":
         return y.operands[0].producer, "relu"
+    if y is not None and y.opname == "clip" and y.attrs["min"] == 0.0:
+        q = root.result.type
+        top = (q.dtype.iinfo()[1] - q.quant.zero_point[0]) * np.float32(q.quant.scale[0])
+        if top <= y.attrs["max"] + 0.5 * q.quant.scale[0]:
+            return y.operands[0].producer, "relu"
     return y, "none"
 
 

@@ -44,10 +44,12 @@ def _weight_axis(op) -> int | None:
 
 
 def _output_point(g: Graph, op):
-    """Where the op's output is quantized: after a ReLU that is its only user, else its result."""
+    """Where the op's output is quantized: after a ReLU or a Clip(0, hi) (ReLU6) that is its only user, else its
+    result; the integer op then applies the activation."""
     y = op.results[0]
     users = y.users
-    if len(users) == 1 and users[0].opname == "relu" and not g.is_output(y):
+    if len(users) == 1 and not g.is_output(y) and (users[0].opname == "relu" or (
+            users[0].opname == "clip" and users[0].attrs["min"] == 0.0)):
         return users[0].results[0]
     return y
 
