@@ -123,3 +123,26 @@ def test_u8_conv_uses_vnni_where_the_cpu_has_it():
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "vpdpbusd" in asm
     np.testing.assert_array_equal(build_and_run(g, x)["y"], lowbit.interpret(g, x)["y"])
+
+
+@pytest.mark.parametrize("hi,folded", [(6.0, True), (3.0, False)])
+def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
+    """quantize(clip(conv, 0, 6)) with an output range [0, 6] is qconv2d + relu (saturation does the 6); with a
+    range wider than the clip the clip must stay, and the graph stays in float simulation."""
+    rng = np.random.default_rng(8)
+    g = Graph("q")
+    x = g.add_input("x", TensorType((1, 4, 5, 5), dt.f32))
+    xq = g.create("quantize", [x], {}, [TensorType((1, 4, 5, 5), dt.u8, QuantParams((0.02,), (128,)))]).result
+    w = g.const(rng.integers(-127, 128, (16, 4, 3, 3)).astype(np.int8),
+                type=TensorType((16, 4, 3, 3), dt.i8, QuantParams((0.01,), (0,))))
+    y = g.create("conv2d", [g.create("dequantize", [xq]).result, g.create("dequantize", [w]).result],
+                 {"pads": (1, 1, 1, 1)}).result
+    y = g.create("clip", [y], {"min": 0.0, "max": hi}).result
+    out = g.create("quantize", [y], {}, [TensorType((1, 16, 5, 5), dt.u8, QuantParams((6.0 / 255,), (0,)))]).result
+    g.set_outputs([g.create("dequantize", [out]).result], ["y"])
+    q = lowbit.run_passes(g, "lower-qdq,dce")
+    ops = [op.opname for op in q.ops]
+    assert ("qconv2d" in ops) == folded and ("clip" in ops) == (not folded)
+    xs = {"x": rng.normal(0, 1.5, (1, 4, 5, 5)).astype(np.float32)}
+    diff = np.abs(lowbit.interpret(q, xs)["y"] - lowbit.interpret(g, xs)["y"])
+    assert np.max(diff) <= 6.0 / 255 * 1.001
