@@ -281,7 +281,10 @@ class Contraction(CPUScheduleRule):
             loads = []
             tvm_ffi.structural_walk(main_body.value, [(BufferLoad, loads.append)], order="post")
             reads = [ld for ld in loads if str(ld.source.name) in names]
-            if not reads or not all(any(vec_var in _vars_in(ix) for ix in ld.indices) for ld in reads):
+            red_vars = {iv.var for iv in sch.get(main.block_rv).iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
+            # a whole axis reduced (input channels: each tile would recompute every channel's padding) -> no
+            if not reads or not all(any(vec_var in _vars_in(ix) for ix in ld.indices) for ld in reads) or any(
+                    isinstance(ix, Var) and any(ix.same_as(v) for v in red_vars) for ld in reads for ix in ld.indices):
                 continue
             try:
                 sch.compute_at(info.block_rv, par_loop, preserve_unit_loops=True)
