@@ -233,12 +233,16 @@ def max_pool2d(L, op, xb, cb: int):
     lowest = tir.min_value("float32")
 
     def fn(X):
-        P = X
-        if any((pt, pl, pb, pr)):
-            P = te.compute((n, c // cb, h + pt + pb, wd + pl + pr, cb), lambda i, j, y, z, k: tir.if_then_else(
-                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl, k], lowest),
-                name="pad_temp")
+        # padding read in place (the condition is the same for a whole channel vector): no padded copy
         ry, rx = te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute((n, c // cb, oh, ow, cb), lambda i, j, y, z, k: te.max(
-            P[i, j, y * sh + ry * dh, z * sw + rx * dw, k], axis=[ry, rx]), name="max_pool_nchwc")
+
+        def window(i, j, y, z, k):
+            yy, zz = y * sh + ry * dh - pt, z * sw + rx * dw - pl
+            if not any((pt, pl, pb, pr)):
+                return X[i, j, yy, zz, k]
+            inside = tir.all(yy >= 0, yy < h, zz >= 0, zz < wd)
+            return tir.if_then_else(inside, X[i, j, tir.max(tir.min(yy, h - 1), 0), tir.max(tir.min(zz, wd - 1), 0), k],
+                                    lowest)
+        return te.compute((n, c // cb, oh, ow, cb), lambda i, j, y, z, k: te.max(window(i, j, y, z, k), axis=[ry, rx]),
+                          name="max_pool_nchwc")
     return L.te_(fn, xb, name="lowbit_max_pool_nchwc")
