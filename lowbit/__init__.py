@@ -29,7 +29,8 @@ def run_passes(graph, pipeline: str, ctx=None):
     return run_pipeline(graph, pipeline, ctx)
 
 
-def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None):
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
+            report=False):
     """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``).
 
     ``calibration`` (an .npz path, a directory of them, or an iterable of ``{input name: array}``) feeds the
@@ -37,7 +38,7 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
     from .codegen import compile as _compile
 
     return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress,
-                    calibration=calibration)
+                    calibration=calibration, report=report)
 
 
 def __getattr__(name):

@@ -114,8 +114,12 @@ def cmd_compile(args) -> int:
     from .codegen import compile as compile_model
 
     art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []),
-                        calibration=args.calib)
+                        calibration=args.calib, report=args.report)
     art.save(args.output)
+    if args.report:
+        from .quant.report import format_report
+
+        print(format_report(art.manifest["quant_report"]))
     if sys.stderr.isatty():
         print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
     return 0
@@ -179,6 +183,11 @@ def cmd_inspect(args) -> int:
     for layer in layers:
         lines.append(f"  {layer['name']:<{width}}  {layer['op']:<16} in {layer['input']:<5} weight {layer['weight']:<5} "
                      f"out {layer['output']}")
+    if "quant_report" in manifest:
+        from .quant.report import format_report
+
+        lines.append("quantization report (per layer, against float):")
+        lines.extend("  " + ln for ln in format_report(manifest["quant_report"]).splitlines())
     lines.append("members:")
     for name, digest in manifest["members"].items():
         lines.append(f"  {name}  {len(members[name]):>10} bytes  sha256 {digest[:16]}")
@@ -275,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto (this CPU), cpu, cuda, cuda:sm_XX, or a TVM target JSON object (default: auto)")
     c.add_argument("--pipeline", help="pass pipeline text (default: the O2 preset)")
     c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8")))
+    c.add_argument("--report", action="store_true", help="print per-layer SQNR/cosine of the quantized layers "
+                   "against float (needs --calib) and record them in the manifest")
     c.add_argument("--calib", metavar="DATA", help="calibration data for quantize: an .npz (keys = input names, "
                    "leading axis = samples) or a directory of .npz files")
     c.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",

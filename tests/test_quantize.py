@@ -164,3 +164,25 @@ def test_cli_refuses_bad_calibration(tmp_path, zoo_dir):
                 "--calib", tmp_path / "c.npz")
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "lowbit: error:" in p.stderr, p.stderr
     assert not (tmp_path / "x.lbit").exists()
+
+
+def test_report_per_layer_error_in_manifest_and_inspect(tmp_path):
+    import json
+
+    import zoo
+
+    model, _ = zoo.small_cnn()
+    src = tmp_path / "small.onnx"
+    src.write_bytes(model)
+    np.savez(tmp_path / "calib.npz", input=np.random.default_rng(7).normal(0, 1, (4, 1, 3, 32, 32)).astype(np.float32))
+    art = tmp_path / "small.lbit"
+    p = run_cli("compile", src, "-o", art, "--preset", "int8", "--calib", tmp_path / "calib.npz", "--report",
+                check_rc=0)
+    assert "SQNR dB" in p.stdout and "Conv_4" in p.stdout
+    m = json.loads(run_cli("inspect", art, "--json", check_rc=0).stdout)
+    rows = m["quant_report"]
+    assert [r["op"] for r in rows] == ["qconv2d", "qconv2d", "qconv2d", "qmatmul"]
+    assert all(r["sqnr_db"] > 25 and r["cosine"] > 0.99 for r in rows), rows
+    assert "quantization report" in run_cli("inspect", art, check_rc=0).stdout
+    p = run_cli("compile", src, "-o", tmp_path / "x.lbit", "--preset", "int8", "--report")
+    assert p.returncode == 1 and "give --calib" in p.stderr and p.stderr.count("\n") == 1

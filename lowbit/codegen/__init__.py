@@ -116,11 +116,14 @@ def _cuda_device_code(ex, target) -> dict[str, bytes]:
     return blobs
 
 
-def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None) -> Artifact:
+def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
+            report: bool = False) -> Artifact:
     """Import (if given a path), run ``pipeline``, lower to TVM, build for ``target``; return an Artifact.
 
     ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
-    iterable of ``{input name: array}``."""
+    iterable of ``{input name: array}``. ``report`` records per-layer SQNR and cosine of every integer op
+    against the same pipeline without ``quantize``/``lower-qdq`` (on up to 4 calibration samples) in the
+    manifest's ``quant_report``."""
     import tvm
 
     from ..frontend import load
@@ -136,8 +139,23 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
     else:
         with prog.step("importing"):
             graph = load(graph_or_path, shapes=shapes)
+    if report and calibration is None:
+        raise LowbitError("--report compares against float on calibration data: give --calib")
+    if calibration is not None and not isinstance(calibration, (str, os.PathLike, list)):
+        calibration = list(calibration)  # an iterator is read twice with --report
+    source = graph
     with prog.step(f"running passes ({str(passes) or 'none'})"):
-        graph = run_pipeline(graph, passes, PassContext(calibration=calibration))
+        graph = run_pipeline(source, passes, PassContext(calibration=calibration))
+    quant_report = None
+    if report:
+        from ..quant.calibrate import load_samples
+        from ..quant.report import layer_report
+
+        with prog.step("measuring per-layer quantization error"):
+            reference = run_pipeline(source, [p for p in passes if p.name not in ("quantize", "lower-qdq")])
+            samples = calibration if isinstance(calibration, list) and calibration and \
+                isinstance(calibration[0], dict) else load_samples(calibration, source)
+            quant_report = layer_report(reference, graph, samples)
     with prog.step("lowering to TVM Relax"):
         mod = to_relax(graph, blocked_layout=target["kind"] == "llvm")
     with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):
@@ -167,6 +185,8 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
         "versions": {"lowbit": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
         "compile_seconds": round(time.perf_counter() - t_start, 3),
     }
+    if quant_report is not None:
+        manifest["quant_report"] = quant_report
     return Artifact(manifest, members)
 
 
