@@ -283,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="auto",
                    help="auto (this CPU), cpu, cuda, cuda:sm_XX, or a TVM target JSON object (default: auto)")
     c.add_argument("--pipeline", help="pass pipeline text (default: the O2 preset)")
-    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8")))
+    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8", "int8-dynamic")))
     c.add_argument("--report", action="store_true", help="print per-layer SQNR/cosine of the quantized layers "
                    "against float (needs --calib) and record them in the manifest")
     c.add_argument("--calib", metavar="DATA", help="calibration data for quantize: an .npz (keys = input names, "

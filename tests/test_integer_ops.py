@@ -146,3 +146,34 @@ def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
     xs = {"x": rng.normal(0, 1.5, (1, 4, 5, 5)).astype(np.float32)}
     diff = np.abs(lowbit.interpret(q, xs)["y"] - lowbit.interpret(g, xs)["y"])
     assert np.max(diff) <= 6.0 / 255 * 1.001
+
+
+@pytest.mark.parametrize("lead,k,n,bias", [((128,), 64, 48, True), ((1, 7), 32, 16, True), ((5,), 16, 8, False)])
+def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias):
+    rng = np.random.default_rng(10)
+    g = Graph("d")
+    x = g.add_input("x", TensorType(lead + (k,), dt.f32))
+    sw = tuple(map(float, rng.uniform(0.002, 0.01, n)))
+    w = g.const(rng.integers(-127, 128, (k, n)).astype(np.int8),
+                type=TensorType((k, n), dt.i8, QuantParams(sw, (0,) * n, 1)))
+    ops = [x, w] + ([g.const(rng.normal(0, 1, n).astype(np.float32))] if bias else [])
+    g.set_outputs([g.create("qmatmul_dynamic", ops).result], ["y"])
+    for xs in ({"x": rng.normal(0.3, 2, lead + (k,)).astype(np.float32)},
+               {"x": np.zeros(lead + (k,), np.float32)},                        # zero range: scale 1, zp 0
+               {"x": np.abs(rng.normal(0, 1, lead + (k,))).astype(np.float32)}):  # all positive: zp 0
+        np.testing.assert_array_equal(build_and_run(g, xs)["y"], lowbit.interpret(g, xs)["y"])
+
+
+def test_dynamic_quantization_of_the_encoder_tracks_fp32_and_onnxruntime(zoo_dir, tmp_path):
+    import zoo
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    g = lowbit.load(zoo_dir / "encoder.onnx", shapes=zoo.SHAPES["encoder"])
+    q = lowbit.run_passes(g, "int8-dynamic")
+    assert sum(op.opname == "qmatmul_dynamic" for op in q.ops) == 13
+    quantize_dynamic(str(zoo_dir / "encoder.onnx"), str(tmp_path / "dyn.onnx"), weight_type=QuantType.QInt8)
+    ortq = ort.InferenceSession(str(tmp_path / "dyn.onnx"), providers=["CPUExecutionProvider"])
+    x = dict(np.load(zoo_dir / "encoder.npz"))
+    want = lowbit.interpret(g, x)["last_hidden_state"].ravel()
+    for got in (build_and_run(q, x)["last_hidden_state"].ravel(), ortq.run(None, x)[0].ravel()):
+        assert np.dot(want, got) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.999

@@ -350,6 +350,48 @@ def _qconv2d_dot4(L, op, x, weight: np.ndarray, corr: np.ndarray):
                  name="lowbit_qconv2d_dot4")
 
 
+@rule("qmatmul_dynamic")
+def _qmatmul_dynamic(L, op, x, w, b=None):
+    """Dynamic quantization, as the reference: the input's range (with 0) over all its elements, u8 parameters,
+    the quantized input, an exact integer matmul (zero point folded per column), f32 rescaling."""
+    xt = op.operands[0].type
+    weight = op.operands[1].const_value
+    k, nn = weight.shape
+    sw = np.broadcast_to(op.operands[1].type.quant.scale_array().astype(np.float32), (nn,))
+    wsum = weight.astype(np.int32).sum(axis=0).astype(np.int32)
+    shape = op.result.type.shape
+    te, tir = L.te, L.tir
+    f32 = "float32"
+    axes_all = lambda: [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xt.shape)]  # noqa: E731
+
+    def fn(X, W, S, WS, *B):
+        ra, rb = axes_all(), axes_all()
+        mn = te.compute((1,), lambda _: te.min(X[tuple(ra)], axis=ra), name="dyn_min")
+        mx = te.compute((1,), lambda _: te.max(X[tuple(rb)], axis=rb), name="dyn_max")
+        lo = te.compute((1,), lambda i: tir.min(mn[i], tir.const(0, f32)), name="dyn_lo")
+        hi = te.compute((1,), lambda i: tir.max(mx[i], tir.const(0, f32)), name="dyn_hi")
+
+        def scale_of(i):
+            s = (hi[i] - lo[i]) / tir.const(255, f32)
+            return tir.if_then_else(s == tir.const(0, f32), tir.const(1, f32), s)
+        sc = te.compute((1,), scale_of, name="dyn_scale")
+        zp = te.compute((1,), lambda i: tir.if_then_else(
+            hi[i] - lo[i] == tir.const(0, f32), 0,
+            tir.max(tir.min(tir.nearbyint(-lo[i] / sc[i]).astype("int32"), 255), 0)), name="dyn_zp")
+        xq = te.compute(xt.shape, lambda *i: tir.max(tir.min(
+            tir.nearbyint(X[i] / sc[0]).astype("int32") + zp[0], 255), 0).astype("uint8"), name="dyn_quantize")
+        r = te.reduce_axis((0, k), "k")
+        acc = te.compute(shape, lambda *i: te.sum(xq[i[:-1] + (r,)].astype("int32") * W[r, i[-1]].astype("int32"),
+                                                  axis=[r]), name="qmatmul_dynamic_acc")
+
+        def out(*i):
+            v = (acc[i] - zp[0] * WS[i[-1]]).astype(f32) * (sc[0] * S[i[-1]])
+            return v + B[0][i[-1]] if B else v
+        return te.compute(shape, out, name="rescale")
+    args = [x, L.const(weight.astype(np.int8)), L.const(np.ascontiguousarray(sw)), L.const(wsum)] + ([b] if b is not None else [])
+    return L.te_(fn, *args, name="lowbit_qmatmul_dynamic")
+
+
 @rule("qmatmul")
 def _qmatmul(L, op, x, w, b=None):
     """Integer matmul by a constant [K, N], the same folding and requantization as qconv2d."""

@@ -463,6 +463,28 @@ def _qmatmul(op, x, w, b=None):
     return requantize_accumulator(np.rint(acc).astype(np.int64), xt, wt, op.result.type, -1, op.attrs["activation"])
 
 
+def dynamic_u8_params(x: np.ndarray) -> tuple[np.float32, int]:
+    """onnxruntime's DynamicQuantizeLinear parameters: u8 over [min(x, 0), max(x, 0)]."""
+    lo, hi = np.float32(min(float(x.min()), 0.0)), np.float32(max(float(x.max()), 0.0))
+    scale = np.float32((hi - lo) / np.float32(255))
+    if scale == 0:
+        return np.float32(1.0), 0
+    return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
+
+
+@impl("qmatmul_dynamic")
+def _qmatmul_dynamic(op, x, w, b=None):
+    sx, zx = dynamic_u8_params(x)
+    xq = np.clip(np.rint(x.astype(np.float32) / sx) + zx, 0, 255)
+    acc = np.rint(np.matmul(xq.astype(np.float64) - zx, w.astype(np.float64)))
+    m = sx * op.operands[1].type.quant.scale_array().astype(np.float32)
+    a = acc.astype(np.int32).astype(np.float32)
+    if b is None:
+        return a * m
+    # one rounding, as the fused multiply-add the CPU code uses (the f64 product of two f32 values is exact)
+    return (a.astype(np.float64) * m.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+
+
 @impl("conv_transpose2d")
 def _conv_transpose2d(op, x, w, b=None):
     a = op.attrs

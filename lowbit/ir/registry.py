@@ -590,6 +590,26 @@ def _check_integer_op(infer_float, weight_axis):
     return check
 
 
+def _infer_qmatmul_dynamic(types, attrs):
+    x, w = types[0], types[1]
+    if x.dtype != dt.f32:
+        raise ValueError(f"input must be f32, got {x}")
+    q = w.quant
+    if w.dtype != dt.i8 or w.rank != 2 or q is None or q.group is not None or q.axis not in (None, 1) \
+            or any(z != 0 for z in q.zero_point):
+        raise ValueError(f"weight must be a 2-D i8 [K, N] with zero point 0, per tensor or per column, got {w}")
+    (f,) = _infer_matmul([x, _float_view(w)], attrs)
+    if len(types) == 3 and (types[2].dtype != dt.f32 or types[2].shape != (f.shape[-1],)):
+        raise ValueError(f"bias must be f32 [{f.shape[-1]}], got {types[2]}")
+    return [f]
+
+
+register(OpSchema("qmatmul_dynamic", (2, 3), {}, _infer_qmatmul_dynamic,
+                  doc="x quantized at run time to u8 over [min(x, 0), max(x, 0)] (scale = range / 255, zp = "
+                      "round(-min / scale)), exact i32 matmul with the i8 weight, y = f32(acc) * f32(sx * sw) + bias rounded "
+                      "once (a fused multiply-add)"))
+
+
 _INTEGER_DOC = ("acc = sum((x - zx) * w) + bias exactly in integers; y = saturate(round_half_even(f32(acc) * m) + zy), "
                 "m = f32(sx * sw) / sy per output channel in f32; activation relu clamps at zy")
 register(OpSchema("qmatmul", (2, 3), {"activation": Attr("str", "none", ("none", "relu"))}, None,

@@ -28,6 +28,7 @@ PRESETS: dict[str, str] = {
     "O1": "canonicalize,fold-constants,dce",
     "O2": "canonicalize,fold-constants,fold-batchnorm,fuse,lower-qdq,canonicalize,dce",
     "int8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{calibrator=mse},lower-qdq,canonicalize,dce",
+    "int8-dynamic": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{dynamic=true},canonicalize,dce",
 }
 
 

@@ -4,6 +4,8 @@ quantized convolutions and matmuls integer ops).
 Options: ``calibrator`` (minmax | percentile | entropy | mse), ``percentile`` (for the percentile
 calibrator), ``activations`` (u8: asymmetric, the fast form on x86; i8: symmetric), ``exclude_ops`` (op
 names left in float, e.g. ``[gemm]``) and ``exclude_nodes`` (op locations, i.e. ONNX node names).
+``dynamic=true`` instead quantizes matmuls and gemms by constants to ``qmatmul_dynamic`` (the input's u8 scale
+computed at run time, as onnxruntime's quantize_dynamic does; no calibration data needed).
 
 Weights: int8 symmetric per output channel (scale = max|w| / 127). Biases: i32 in units of input scale x
 weight scale. Activations: one scale and zero point per tensor from the calibrator, at every input of a
@@ -63,6 +65,7 @@ class Quantize(Pass):
     activations: str = "u8"
     exclude_ops: tuple = ()
     exclude_nodes: tuple = ()
+    dynamic: bool = False
 
     def __post_init__(self):
         from ..quant.calibrate import CALIBRATORS
@@ -79,6 +82,11 @@ class Quantize(Pass):
 
         targets = [op for op in graph.ops if op.opname in TARGETS and op.opname not in self.exclude_ops
                    and (op.loc or "") not in self.exclude_nodes and _weight_axis(op) is not None]
+        if self.dynamic:
+            for op in targets:
+                if op.opname != "conv2d":
+                    self._quantize_dynamic(graph, op)
+            return
         if not targets:
             return
         if ctx.calibration is None:
@@ -111,6 +119,24 @@ class Quantize(Pass):
                     user.set_operand(idx, dq)
             if k in outputs:  # a quantized op's result leaves the model as its integer op computes it
                 graph.outputs = [dq if o is v else o for o in graph.outputs]
+
+    @staticmethod
+    def _quantize_dynamic(g: Graph, op) -> None:
+        """matmul / gemm by a constant -> qmatmul_dynamic (the input's scale is computed at run time)."""
+        axis = _weight_axis(op)
+        w = op.operands[1].const_value.astype(np.float64)
+        if axis == 0:  # gemm with transposed B: [N, K] -> [K, N]
+            w = w.T
+        amax = np.max(np.abs(w), axis=0)
+        sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        wq = np.ascontiguousarray(np.clip(np.rint(w / sw.reshape(1, -1)), -127, 127).astype(np.int8))
+        wt = TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), 1))
+        ops = [op.operands[0], g.const(wq, loc=op.loc, before=op, type=wt)]
+        if len(op.operands) > 2:
+            ops.append(g.const(op.operands[2].const_value.astype(np.float32).reshape(-1), loc=op.loc, before=op))
+        y = g.create("qmatmul_dynamic", ops, loc=op.loc, before=op).result
+        g.replace_all_uses(op.results[0], y)
+        g.erase(op)
 
     @staticmethod
     def _quantize_weights(g: Graph, op, xq: TensorType) -> None:
