@@ -141,21 +141,20 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
             graph = load(graph_or_path, shapes=shapes)
     if report and calibration is None:
         raise LowbitError("--report compares against float on calibration data: give --calib")
-    if calibration is not None and not isinstance(calibration, (str, os.PathLike, list)):
-        calibration = list(calibration)  # an iterator is read twice with --report
     source = graph
+    if calibration is not None:  # read (and checked) once, for the quantize pass and the report
+        from ..quant.calibrate import load_samples
+
+        calibration = load_samples(calibration, source)
     with prog.step(f"running passes ({str(passes) or 'none'})"):
         graph = run_pipeline(source, passes, PassContext(calibration=calibration))
     quant_report = None
     if report:
-        from ..quant.calibrate import load_samples
         from ..quant.report import layer_report
 
         with prog.step("measuring per-layer quantization error"):
             reference = run_pipeline(source, [p for p in passes if p.name not in ("quantize", "lower-qdq")])
-            samples = calibration if isinstance(calibration, list) and calibration and \
-                isinstance(calibration[0], dict) else load_samples(calibration, source)
-            quant_report = layer_report(reference, graph, samples)
+            quant_report = layer_report(reference, graph, calibration)
     with prog.step("lowering to TVM Relax"):
         mod = to_relax(graph, blocked_layout=target["kind"] == "llvm")
     with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):

@@ -134,7 +134,7 @@ def transposed_as_conv(op):
     """A conv_transpose2d as (OIHW weight, pads, input upsampling) of the stride-1 conv2d over the zero-upsampled
     input that computes it, or None where that conv would need negative padding (a crop)."""
     a = op.attrs
-    w = op.operands[1].const_value.astype(np.float32)
+    w = op.operands[1].const_value
     _, _, kh, kw = w.shape
     (pt, pl, pb, pr), (dh, dw), (oph, opw) = a["pads"], a["dilations"], a["output_padding"]
     pads = (dh * (kh - 1) - pt, dw * (kw - 1) - pl, dh * (kh - 1) - pb + oph, dw * (kw - 1) - pr + opw)
@@ -149,7 +149,7 @@ def conv_spec(op):
     if op.opname == "conv_transpose2d":
         w, pads, up = transposed_as_conv(op)
         return w, pads, (1, 1), tuple(a["dilations"]), up
-    return op.operands[1].const_value.astype(np.float32), tuple(a["pads"]), tuple(a["strides"]), \
+    return op.operands[1].const_value, tuple(a["pads"]), tuple(a["strides"]), \
         tuple(a["dilations"]), (1, 1)
 
 
@@ -161,7 +161,9 @@ def conv2d(L, op, x, x_cb: int | None, out_cb: int | None):
     o, _, kh, kw = weight.shape
     _, _, oh, ow = op.result.type.shape
     te, tir = L.te, L.tir
-    zero = tir.const(0, "float32")
+    dtype = op.result.type.dtype.np_dtype
+    weight = weight.astype(dtype)
+    zero = tir.const(0, dtype.name)
     kind = "depthwise" if op.opname == "conv2d" and _conv_kind(op) == "depthwise" else "dense"
     hu, wu = (h - 1) * uh + 1, (wd - 1) * uw + 1  # after zero upsampling (transposed convs)
 

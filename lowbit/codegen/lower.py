@@ -732,10 +732,11 @@ def _add_bias(L, y, b):
 
 @rule("conv2d")
 def _conv2d(L, op, x, w, b=None):
+    from . import layout
+
     a = op.attrs
-    wv = op.operands[1]
-    if _use_packed_conv(op):
-        return _add_bias(L, _conv2d_packed(L, op, x, wv.const_value), b)
+    if _use_packed_conv(op):  # NCHW in and out, weights packed [C, KH, KW, O]: vectors over output channels
+        return _add_bias(L, layout.conv2d(L, op, x, None, None), b)
     y = L.R.nn.conv2d(x, w, strides=a["strides"], padding=a["pads"], dilation=a["dilations"], groups=a["groups"])
     return _add_bias(L, y, b)
 
@@ -750,31 +751,6 @@ def _use_packed_conv(op) -> bool:
     if a["groups"] != 1 or not w.is_const or not w.type.dtype.is_float:
         return False
     return tuple(a["strides"]) != (1, 1) or tuple(w.type.shape[2:]) == (1, 1)
-
-
-def _conv2d_packed(L, op, x, weight: np.ndarray):
-    """Dense NCHW conv2d reading a weight transposed at compile time to [C, KH, KW, O]: the output-channel
-    axis is contiguous, so the default schedule vectorizes over it (every lane busy at any image width and
-    stride) and broadcasts one input value per multiply-add."""
-    a = op.attrs
-    (pt, pl, pb, pr), (sh, sw), (dh, dw) = a["pads"], a["strides"], a["dilations"]
-    n, c, h, wd = op.operands[0].type.shape
-    o, _, kh, kw = weight.shape
-    _, _, oh, ow = op.result.type.shape
-    wt = L.const(np.ascontiguousarray(weight.transpose(1, 2, 3, 0)))
-    te, tir = L.te, L.tir
-    zero = tir.const(0, _np(op.result.type))
-
-    def fn(X, W):
-        if any((pt, pl, pb, pr)):
-            P = te.compute((n, c, h + pt + pb, wd + pl + pr), lambda i, j, y, z: tir.if_then_else(
-                tir.all(y >= pt, y < h + pt, z >= pl, z < wd + pl), X[i, j, y - pt, z - pl], zero), name="pad_temp")
-        else:
-            P = X
-        rc, ry, rx = te.reduce_axis((0, c), "rc"), te.reduce_axis((0, kh), "ry"), te.reduce_axis((0, kw), "rx")
-        return te.compute((n, o, oh, ow), lambda i, f, y, z: te.sum(
-            P[i, rc, y * sh + ry * dh, z * sw + rx * dw] * W[rc, ry, rx, f], axis=[rc, ry, rx]), name="conv2d_nchw")
-    return L.te_(fn, x, wt, name="lowbit_conv2d")
 
 
 @rule("conv_transpose2d")
@@ -854,7 +830,7 @@ def check_lowerable(graph: Graph) -> None:
         raise LowbitError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
 
-def _lower_blocked(L, op, cb: int, get, get_blocked):
+def _lower_blocked(L, op, cb: int, plan: dict, get, get_blocked):
     """Lower ``op`` to the channel-blocked layout (see ``layout.py``); returns the blocked Relax expr."""
     from . import layout
 
@@ -864,8 +840,8 @@ def _lower_blocked(L, op, cb: int, get, get_blocked):
         x = ins[0]
         if layout._conv_kind(op) == "depthwise":
             xb, xcb = get_blocked(x, cb), cb
-        elif x in L.blocked:
-            xb, xcb = get_blocked(x, L.blocked[x]), L.blocked[x]
+        elif id(x) in plan:
+            xb, xcb = get_blocked(x, plan[id(x)]), plan[id(x)]
         else:
             xb, xcb = get(x), None
         y = layout.conv2d(L, op, xb, xcb, cb)
@@ -877,7 +853,7 @@ def _lower_blocked(L, op, cb: int, get, get_blocked):
     if name in layout.BINARY:
         args = []
         for v in ins:
-            if v in L.blocked and tuple(v.type.shape) == tuple(op.result.type.shape):
+            if id(v) in plan and tuple(v.type.shape) == tuple(op.result.type.shape):
                 args.append(get_blocked(v, cb))
             elif all(d == 1 for d in v.type.shape):
                 args.append(L.R.reshape(get(v), [1] * 5) if v.type.rank > 0 else get(v))
@@ -914,7 +890,6 @@ def to_relax(graph: Graph, blocked_layout: bool = False):
     benv: dict = {}  # blocked layout: value -> (expr, channels per block)
     L = Lowerer(bb)
     plan = layout.plan(graph) if blocked_layout else {}
-    L.blocked = {}
 
     def get(v):
         if v not in env:  # only the blocked form exists: unblock once, where a plain-layout op first needs it
@@ -936,8 +911,7 @@ def to_relax(graph: Graph, blocked_layout: bool = False):
                 try:
                     if len(op.results) == 1 and id(op.result) in plan:
                         cb = plan[id(op.result)]
-                        benv[op.result] = (L.emit(_lower_blocked(L, op, cb, get, get_blocked)), cb)
-                        L.blocked[op.result] = cb
+                        benv[op.result] = (L.emit(_lower_blocked(L, op, cb, plan, get, get_blocked)), cb)
                         continue
                     res = RULES[op.opname](L, op, *[get(v) for v in op.operands])
                 except LowbitError:

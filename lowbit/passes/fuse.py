@@ -98,36 +98,24 @@ def _as_norm_const(v, shape):
     return v.const_value.reshape(shape) if tuple(s) == tuple(shape) else None
 
 
-def _check_ln_scale(root, m):
-    ln = m["ln"]
-    s = ln.operands[1]
-    if len(ln.operands) > 2 or not s.is_const or not np.all(s.const_value == 1):
-        return "the layer_norm already has a scale or a bias"
-    if _as_norm_const(m["gamma"], _norm_shape(ln)) is None:
-        return "the factor is not a constant of the normalised shape"
-    return None
+def _ln_operand(slot: int, key: str, what: str):
+    """Check and rewrite moving a constant ``* gamma`` (slot 1, replacing the ones scale) or ``+ beta`` (slot 2)
+    after a layer_norm into that operand."""
+    def check(root, m):
+        ln = m["ln"]
+        if len(ln.operands) > 2 or (slot == 1 and not (ln.operands[1].is_const and
+                                                       np.all(ln.operands[1].const_value == 1))):
+            return "the layer_norm already has a " + ("scale or a bias" if slot == 1 else "bias")
+        if _as_norm_const(m[key], _norm_shape(ln)) is None:
+            return f"the {what} is not a constant of the normalised shape"
+        return None
 
-
-def _rewrite_ln_scale(g: Graph, root, m):
-    ln = m["ln"]
-    gamma = g.const(_as_norm_const(m["gamma"], _norm_shape(ln)), loc=root.loc, before=root)
-    return [g.create("layer_norm", [ln.operands[0], gamma], ln.attrs, loc=ln.loc, before=root).result]
-
-
-def _check_ln_bias(root, m):
-    ln = m["ln"]
-    if len(ln.operands) > 2:
-        return "the layer_norm already has a bias"
-    if _as_norm_const(m["beta"], _norm_shape(ln)) is None:
-        return "the addend is not a constant of the normalised shape"
-    return None
-
-
-def _rewrite_ln_bias(g: Graph, root, m):
-    ln = m["ln"]
-    beta = g.const(_as_norm_const(m["beta"], _norm_shape(ln)), loc=root.loc, before=root)
-    return [g.create("layer_norm", [ln.operands[0], ln.operands[1], beta], ln.attrs, loc=ln.loc,
-                     before=root).result]
+    def rewrite(g: Graph, root, m):
+        ln = m["ln"]
+        c = g.const(_as_norm_const(m[key], _norm_shape(ln)), loc=root.loc, before=root)
+        ops = list(ln.operands[:slot]) + [c]
+        return [g.create("layer_norm", ops, ln.attrs, loc=ln.loc, before=root).result]
+    return rewrite, check
 
 
 # -- gelu ------------------------------------------------------------------------------------------------------------
@@ -252,9 +240,9 @@ def _rewrite_gemm_bias(g: Graph, root, m):
 RULES = [
     Rule("layer-norm", _LN, _rewrite_ln, _check_ln),
     Rule("layer-norm-scale", Pat("mul", Pat("layer_norm", Any(), Any(), bind="ln", variadic=True), Any("gamma")),
-         _rewrite_ln_scale, _check_ln_scale),
+         *_ln_operand(1, "gamma", "factor")),
     Rule("layer-norm-bias", Pat("add", Pat("layer_norm", Any(), Any(), bind="ln", variadic=True), Any("beta")),
-         _rewrite_ln_bias, _check_ln_bias),
+         *_ln_operand(2, "beta", "addend")),
     Rule("gelu", Pat("mul", Any(), Any()), _rewrite_gelu, _check_gelu),
     Rule("softmax", _SOFTMAX, _rewrite_softmax, _check_softmax),
     Rule("conv-bias", Pat("add", Pat("conv2d", Any(), Any(), bind="conv", variadic=True), Const("b")),

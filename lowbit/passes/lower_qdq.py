@@ -73,7 +73,7 @@ def _bias_i32(bias, xq, wq, n_out: int):
     return None, "the bias is neither dequantize(i32 constant) nor a float constant"
 
 
-def _unwrap(root, m):
+def _unwrap(root):
     """(compute op, activation) under the quantize root: relu is folded into the integer op, and so is a
     Clip(0, hi) (ReLU6) whose upper bound the result's saturation already enforces: the largest representable
     value, (qmax - zp) * scale, rounds to at most hi."""
@@ -105,7 +105,7 @@ def _result_ok(root) -> str | None:
 
 
 def _check_conv(root, m):
-    conv, _ = _unwrap(root, m)
+    conv, _ = _unwrap(root)
     if conv is None or conv.opname != "conv2d":
         return "not quantize(conv2d) or quantize(relu(conv2d))"
     xq, wq = _dq_input(conv.operands[0]), _dq_const(conv.operands[1])
@@ -118,7 +118,7 @@ def _check_conv(root, m):
 
 
 def _rewrite_conv(g: Graph, root, m):
-    conv, act = _unwrap(root, m)
+    conv, act = _unwrap(root)
     xq, wq = _dq_input(conv.operands[0]), _dq_const(conv.operands[1])
     ops = [xq, wq]
     if len(conv.operands) > 2:
@@ -130,7 +130,7 @@ def _rewrite_conv(g: Graph, root, m):
 
 def _matmul_parts(root):
     """(op, xq, weight as [K, N] i8 constant value + quant, float bias value or None) or a reason."""
-    mm, act = _unwrap(root, None)
+    mm, act = _unwrap(root)
     if mm is None or mm.opname not in ("matmul", "gemm"):
         return None, "not quantize(matmul | gemm)"
     if mm.opname == "gemm":

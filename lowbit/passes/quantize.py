@@ -45,6 +45,17 @@ def _weight_axis(op) -> int | None:
     return None
 
 
+def _per_channel_i8(w: np.ndarray, axis: int):
+    """(i8 weight, its type, f32 scales): symmetric per output channel along ``axis``, scale = max|w| / 127."""
+    w = w.astype(np.float64)
+    amax = np.max(np.abs(w), axis=tuple(i for i in range(w.ndim) if i != axis))
+    sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    wq = np.ascontiguousarray(np.clip(np.rint(w / sw.reshape(shape)), -127, 127).astype(np.int8))
+    return wq, TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis)), sw
+
+
 def _output_point(g: Graph, op):
     """Where the op's output is quantized: after a ReLU or a Clip(0, hi) (ReLU6) that is its only user, else its
     result; the integer op then applies the activation."""
@@ -92,8 +103,7 @@ class Quantize(Pass):
         if ctx.calibration is None:
             raise LowbitError("the quantize pass needs calibration data (lowbit compile --calib DATA, or "
                               "PassContext(calibration=...))")
-        samples = ctx.calibration if isinstance(ctx.calibration, list) and ctx.calibration and \
-            isinstance(ctx.calibration[0], dict) else load_samples(ctx.calibration, graph)
+        samples = load_samples(ctx.calibration, graph)
         signed = self.activations == "i8"
         points, outputs = {}, set()
         for op in targets:
@@ -123,14 +133,10 @@ class Quantize(Pass):
     @staticmethod
     def _quantize_dynamic(g: Graph, op) -> None:
         """matmul / gemm by a constant -> qmatmul_dynamic (the input's scale is computed at run time)."""
-        axis = _weight_axis(op)
-        w = op.operands[1].const_value.astype(np.float64)
-        if axis == 0:  # gemm with transposed B: [N, K] -> [K, N]
-            w = w.T
-        amax = np.max(np.abs(w), axis=0)
-        sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        wq = np.ascontiguousarray(np.clip(np.rint(w / sw.reshape(1, -1)), -127, 127).astype(np.int8))
-        wt = TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), 1))
+        w = op.operands[1].const_value
+        if _weight_axis(op) == 0:  # gemm with transposed B: [N, K] -> [K, N]
+            w = np.ascontiguousarray(w.T)
+        wq, wt, _ = _per_channel_i8(w, 1)
         ops = [op.operands[0], g.const(wq, loc=op.loc, before=op, type=wt)]
         if len(op.operands) > 2:
             ops.append(g.const(op.operands[2].const_value.astype(np.float32).reshape(-1), loc=op.loc, before=op))
@@ -140,15 +146,7 @@ class Quantize(Pass):
 
     @staticmethod
     def _quantize_weights(g: Graph, op, xq: TensorType) -> None:
-        axis = _weight_axis(op)
-        w = op.operands[1].const_value.astype(np.float64)
-        red = tuple(i for i in range(w.ndim) if i != axis)
-        amax = np.max(np.abs(w), axis=red)
-        sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        wq = np.clip(np.rint(w / sw.reshape(shape)), -127, 127).astype(np.int8)
-        wt = TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis))
+        wq, wt, sw = _per_channel_i8(op.operands[1].const_value, _weight_axis(op))
         wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
         op.set_operand(1, wv)
         if len(op.operands) > 2:

@@ -1,7 +1,7 @@
 """Per-layer accuracy of a quantized graph against its float original.
 
 For every integer op (``qconv2d``, ``qmatmul``) of the quantized graph, the float graph's op of the same name
-(location) gives the reference: its output, after the ReLU/Clip the integer op absorbed. Both graphs run in the
+(location) gives the reference: its output, after the ReLU or Clip(0, hi) the quantize pass folds into it. Both graphs run in the
 reference interpreter on the same samples (the whole float graph feeds the float layer, the whole quantized
 graph the integer one, so errors accumulate as they do in deployment); per layer the report gives the SQNR
 (10·log10 of signal power over error power, in dB) and the cosine similarity, over all samples.
@@ -11,15 +11,6 @@ from __future__ import annotations
 import numpy as np
 
 INTEGER_OPS = ("qconv2d", "qmatmul")
-
-
-def _float_point(op):
-    """The value a quantized layer's output corresponds to: after a sole ReLU/Clip user, else the result."""
-    y = op.results[0]
-    users = y.users
-    if len(users) == 1 and users[0].opname in ("relu", "clip"):
-        return users[0].results[0]
-    return y
 
 
 def _run(graph, sample: dict, want: set) -> dict:
@@ -39,6 +30,7 @@ def _run(graph, sample: dict, want: set) -> dict:
 def layer_report(float_graph, quant_graph, samples: list[dict], max_samples: int = 4) -> list[dict]:
     """[{name, op, sqnr_db, cosine}] for every integer op that has a float counterpart of the same name."""
     from ..ir.interp import dequantize_array
+    from ..passes.quantize import _output_point
 
     by_loc = {}
     for op in float_graph.ops:
@@ -47,10 +39,10 @@ def layer_report(float_graph, quant_graph, samples: list[dict], max_samples: int
     pairs = []
     for op in quant_graph.ops:
         if op.opname in INTEGER_OPS and op.loc in by_loc:
-            pairs.append((op, _float_point(by_loc[op.loc])))
+            pairs.append((op, _output_point(float_graph, by_loc[op.loc])))
     if not pairs:
         return []
-    acc = {id(q): [0.0, 0.0, 0.0, 0.0, 0.0] for q, _ in pairs}  # sum ref^2, sum err^2, dot, sum q^2
+    acc = {id(q): [0.0, 0.0, 0.0, 0.0] for q, _ in pairs}  # sum ref^2, sum err^2, dot, sum q^2
     for s in samples[:max_samples]:
         fv = _run(float_graph, s, {id(f) for _, f in pairs})
         qv = _run(quant_graph, s, {id(q.results[0]) for q, _ in pairs})
@@ -64,7 +56,7 @@ def layer_report(float_graph, quant_graph, samples: list[dict], max_samples: int
             a[3] += float(got @ got)
     out = []
     for q, _ in pairs:
-        sig, err, dot, qq = acc[id(q)][:4]
+        sig, err, dot, qq = acc[id(q)]
         sqnr = float("inf") if err == 0 else 10 * np.log10(max(sig, 1e-30) / err)
         cos = dot / (np.sqrt(sig * qq) or 1.0)
         out.append({"name": q.loc, "op": q.opname, "sqnr_db": round(float(sqnr), 2), "cosine": round(float(cos), 6)})

@@ -272,16 +272,16 @@ class Contraction(CPUScheduleRule):
                 pass
         # a padding producer read along the vector (channel) axis, as a depthwise conv reads it, is computed per
         # outer tile into cache (recomputing only the window overlap) instead of as a whole padded copy in memory
-        main_body = sch.get(main.block_rv).body
+        main_blk = sch.get(main.block_rv)
+        loads = []
+        tvm_ffi.structural_walk(main_blk.body.value, [(BufferLoad, loads.append)], order="post")
+        red_vars = {iv.var for iv in main_blk.iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
         for info in list(others):
             blk = sch.get(info.block_rv)
             if par_loop is None or "R" in info.dom_kind() or not self.local_padding:
                 continue
             names = {str(_region_buffer(r).name) for r in blk.writes}
-            loads = []
-            tvm_ffi.structural_walk(main_body.value, [(BufferLoad, loads.append)], order="post")
             reads = [ld for ld in loads if str(ld.source.name) in names]
-            red_vars = {iv.var for iv in sch.get(main.block_rv).iter_vars if iv.iter_type == tirx.IterVar.CommReduce}
             # a whole axis reduced (input channels: each tile would recompute every channel's padding) -> no
             if not reads or not all(any(vec_var in _vars_in(ix) for ix in ld.indices) for ld in reads) or any(
                     isinstance(ix, Var) and any(ix.same_as(v) for v in red_vars) for ld in reads for ix in ld.indices):
