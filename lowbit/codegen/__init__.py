@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import LowbitError
 from ..progress import Progress
 from ..runtime.artifact import LIBRARY, sha256, write_artifact
+from ..runtime.host import enable_amx, uses_amx
 from .lower import to_relax
 from .target import resolve_target, tvm_target
 
@@ -65,12 +66,22 @@ def _fuse(mod):
     return relax.transform.FuseTIR()(mod)
 
 
+def vector_rounding() -> None:
+    """Let TVM vectorize ``nearbyint`` (round half to even, every requantization): TVM 0.27 leaves the op without
+    ``TVectorizable``, so a vectorized loop that rounds is scalarized, though ``llvm.nearbyint`` takes vectors."""
+    import tvm
+
+    if not tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable"):
+        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
+
+
 def _build_cpu(mod, target):
     import tvm
     from tvm.s_tir import dlight as dl
 
     from .schedules import default_rules
 
+    vector_rounding()
     t = tvm_target(target)
     mod = _fuse(mod)
     with t:
@@ -156,7 +167,10 @@ def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progres
             reference = run_pipeline(source, [p for p in passes if p.name not in ("quantize", "lower-qdq")])
             quant_report = layer_report(reference, graph, calibration)
     with prog.step("lowering to TVM Relax"):
-        mod = to_relax(graph, blocked_layout=target["kind"] == "llvm")
+        amx = uses_amx(target)
+        if amx:
+            enable_amx()  # so this process can run what it builds
+        mod = to_relax(graph, blocked_layout=target["kind"] == "llvm", amx=amx)
     with prog.step(f"building for {target['kind']} ({target.get('arch') or target.get('mcpu')})"):
         try:
             ex = _build_cuda(mod, target) if target["kind"] == "cuda" else _build_cpu(mod, target)

@@ -29,11 +29,12 @@ def rule(*names):
 
 
 class Lowerer:
-    def __init__(self, bb):
+    def __init__(self, bb, amx: bool = False):
         from tvm import relax, te
         import tvm.tirx as tir
 
         self.bb, self.relax, self.R, self.te, self.tir = bb, relax, relax.op, te, tir
+        self.amx = amx  # integer convolutions on AMX tiles (``amx.py``)
 
     def const(self, array, dtype=None):
         a = np.asarray(array)
@@ -291,6 +292,9 @@ def _qconv2d(L, op, x, w, b=None):
     xd = _np(xt)
     opg = o // g
     if g == 1 and o % 16 == 0 and xt.dtype == dt.u8:
+        if L.amx:
+            from .amx import lower_qconv2d
+            return lower_qconv2d(L, op, x, weight, corr)
         return _qconv2d_dot4(L, op, x, weight, corr)
 
     def fn(X, W, Cr, M):
@@ -770,7 +774,63 @@ def _conv_transpose2d(L, op, x, w, b=None):
 @rule("max_pool2d")
 def _max_pool(L, op, x):
     a = op.attrs
+    xt = op.operands[0].type
+    kh, kw = a["kernel"]
+    if xt.dtype.is_integer and tuple(a["dilations"]) == (1, 1) and not a["ceil_mode"] and \
+            all(pd < k for pd, k in zip(a["pads"], (kh, kw, kh, kw))):
+        from tvm import relax
+
+        func = _max_pool_rows(xt.shape, op.result.type.shape, (kh, kw), a["strides"], a["pads"], _np(xt),
+                              xt.dtype.iinfo()[0])
+        gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_max_pool_int")
+        return relax.call_tir(gv, relax.Tuple([x]), relax.TensorType(op.result.type.shape, _np(xt)))
     return L.R.nn.max_pool2d(x, a["kernel"], a["strides"], a["pads"], a["dilations"], ceil_mode=a["ceil_mode"])
+
+
+def _max_pool_rows(shape, out_shape, kernel, strides, pads, dtype: str, lowest: int):
+    """Integer max pooling, a row at a time: out-of-range rows are skipped, the columns whose window is inside
+    the row run as one strided vector, the border columns read clamped indices (with dilation 1 and pads
+    smaller than the kernel, every window holds a real pixel and the clamped one is in the window, so the max is
+    unchanged)."""
+    from tvm.script import tirx as T
+
+    n, c, h, w = shape
+    _, _, oh, ow = out_shape
+    (kh, kw), (sh, sw), (pt, pl) = kernel, strides, pads[:2]
+    x_lo = min(ow, (pl + sw - 1) // sw)  # first column whose window starts inside the row
+    x_hi = max(x_lo, min(ow, (w - kw + pl) // sw + 1))  # one past the last whose window ends inside it
+    inner = x_hi - x_lo
+
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((n, c, h, w), dtype), Y: T.Buffer((n, c, oh, ow), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        with T.sblock("root"):  # TVM checks the body of a one-input function for a reshape pattern
+            for row in T.parallel(n * c * oh):
+                acc = T.decl_buffer((ow,), dtype, scope="local")
+                for z in range(ow):
+                    acc[z] = T.Cast(dtype, lowest)
+                for r in range(kh):
+                    if row % oh * sh - pt + r >= 0 and row % oh * sh - pt + r < h:
+                        for q in range(kw):
+                            for zv in range(inner // 16):
+                                for z in T.vectorized(16):
+                                    acc[x_lo + zv * 16 + z] = T.max(acc[x_lo + zv * 16 + z], X[
+                                        row // (c * oh), row // oh % c, row % oh * sh - pt + r,
+                                        (x_lo + zv * 16 + z) * sw - pl + q])
+                            for z in range(inner % 16):
+                                acc[x_hi - inner % 16 + z] = T.max(acc[x_hi - inner % 16 + z], X[
+                                    row // (c * oh), row // oh % c, row % oh * sh - pt + r,
+                                    (x_hi - inner % 16 + z) * sw - pl + q])
+                            for z in range(x_lo):
+                                acc[z] = T.max(acc[z], X[row // (c * oh), row // oh % c, row % oh * sh - pt + r,
+                                                         T.max(T.min(z * sw - pl + q, w - 1), 0)])
+                            for z in range(ow - x_hi):
+                                acc[x_hi + z] = T.max(acc[x_hi + z], X[row // (c * oh), row // oh % c,
+                                                                       row % oh * sh - pt + r,
+                                                                       T.max(T.min((x_hi + z) * sw - pl + q, w - 1), 0)])
+                for z in T.vectorized(ow):
+                    Y[row // (c * oh), row // oh % c, row % oh, z] = acc[z]
+    return func
 
 
 @rule("avg_pool2d")
@@ -873,11 +933,12 @@ def _lower_blocked(L, op, cb: int, plan: dict, get, get_blocked):
     raise AssertionError(f"no blocked lowering for {name}")
 
 
-def to_relax(graph: Graph, blocked_layout: bool = False):
+def to_relax(graph: Graph, blocked_layout: bool = False, amx: bool = False):
     """An IRModule whose ``main`` takes the graph inputs (in order) and returns a tuple of its outputs.
 
     ``blocked_layout`` keeps convolutional activations channel-blocked (NCHWc, ``layout.py``) between the ops
-    that understand that layout; the CPU build asks for it."""
+    that understand that layout; the CPU build asks for it. ``amx`` runs u8 integer convolutions on AMX tiles
+    (CPUs with AMX-INT8; the process that runs the code must have asked for AMX, ``runtime.host.enable_amx``)."""
     from tvm import relax
 
     from . import layout
@@ -888,7 +949,7 @@ def to_relax(graph: Graph, blocked_layout: bool = False):
     params = [relax.Var(_ident(v.name, used), relax.TensorType(v.type.shape, _np(v.type))) for v in graph.inputs]
     env = {v: p for v, p in zip(graph.inputs, params)}  # plain layout
     benv: dict = {}  # blocked layout: value -> (expr, channels per block)
-    L = Lowerer(bb)
+    L = Lowerer(bb, amx)
     plan = layout.plan(graph) if blocked_layout else {}
 
     def get(v):

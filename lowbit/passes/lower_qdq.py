@@ -6,6 +6,7 @@ computes ``quantize(conv2d(dequantize(xq), dequantize(wq), bias))`` in float. Th
     quantize(conv2d(dequantize(xq), dequantize(wq) [, bias]))          -> qconv2d(xq, wq [, bias_i32])
     quantize(relu(conv2d(...)))                                         -> qconv2d(...) {activation = "relu"}
     quantize(matmul | gemm(dequantize(xq), dequantize(wq) [, bias]))    -> qmatmul(xq, wq' [, bias_i32])
+    quantize(max_pool2d(dequantize(xq))), same parameters in and out    -> max_pool2d(xq)
 
 where ``xq`` is a per-tensor u8/i8 value, ``wq`` a constant i8 weight with zero point 0 (per tensor or per
 output channel), and the bias is either ``dequantize`` of an i32 constant whose scale is ``sx * sw`` (as
@@ -176,7 +177,29 @@ def _rewrite_matmul(g: Graph, root, m):
     return [g.create("qmatmul", ops, {"activation": act}, [root.result.type], loc=mm.loc, before=root).result]
 
 
+def _check_pool(root, m):
+    pool = root.operands[0].producer
+    if pool is None or pool.opname != "max_pool2d":
+        return "not quantize(max_pool2d)"
+    xq = _dq_input(pool.operands[0])
+    reason = _input_ok(xq) or _result_ok(root)
+    if reason:
+        return reason
+    if xq.type.dtype != root.result.type.dtype or xq.type.quant != root.result.type.quant:
+        return "the pool's input and output are quantized differently"
+    return None
+
+
+def _rewrite_pool(g: Graph, root, m):
+    """quantize(max_pool2d(dequantize(xq))) with the same parameters -> max_pool2d(xq): a max commutes with a
+    positive scale, and an all-padding window is the lowest value either way."""
+    pool = root.operands[0].producer
+    xq = _dq_input(pool.operands[0])
+    return [g.create("max_pool2d", [xq], dict(pool.attrs), [root.result.type], loc=pool.loc, before=root).result]
+
+
 RULES = [
+    Rule("max_pool2d", Pat("quantize", Any()), _rewrite_pool, _check_pool),
     Rule("qconv2d", Pat("quantize", Any()), _rewrite_conv, _check_conv),
     Rule("qmatmul", Pat("quantize", Any()), _rewrite_matmul, _check_matmul),
 ]

@@ -116,6 +116,10 @@ class Quantize(Pass):
         for k, v in points.items():
             scale, zp = qparams(*calibrate_range(obs[k], self.calibrator, self.percentile, signed), signed)
             qtype[k] = TensorType(v.type.shape, dt.i8 if signed else dt.u8, QuantParams((float(np.float32(scale)),), (zp,)))
+        for k, v in points.items():  # a max pool of a quantized value keeps its scale (lower-qdq then pools
+            p = v.producer            # the integers: max commutes with a positive scale)
+            if p is not None and p.opname == "max_pool2d" and id(p.operands[0]) in qtype:
+                qtype[k] = TensorType(v.type.shape, qtype[id(p.operands[0])].dtype, qtype[id(p.operands[0])].quant)
         # weights and biases first (their scales need the input's), then one quantize/dequantize per point
         for op in targets:
             self._quantize_weights(graph, op, qtype[id(op.operands[0])])

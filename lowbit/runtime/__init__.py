@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import LowbitError
 from .artifact import LIBRARY, read_artifact, sha256
-from .host import missing_cpu_features
+from .host import enable_amx, missing_cpu_features, uses_amx
 
 _DTYPES = {"f32": "float32", "f16": "float16", "f64": "float64", "i64": "int64", "i32": "int32", "i16": "int16",
            "i8": "int8", "u8": "uint8", "bool": "bool"}
@@ -162,6 +162,8 @@ def load(path) -> Module:
         if missing:
             raise LowbitError(f"{path}: compiled for CPU '{target.get('mcpu')}', but this CPU lacks "
                               f"{', '.join(sorted(missing))}; recompile with --target auto")
+        if uses_amx(target):
+            enable_amx()
     elif kind != "cuda":
         raise LowbitError(f"{path}: artifact target kind {kind!r} is not supported by this runtime")
     import tvm

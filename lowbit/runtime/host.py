@@ -49,3 +49,31 @@ def host_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+_AMX_GRANTED = False
+
+
+def enable_amx() -> None:
+    """Ask Linux for the AMX tile state for this process (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA);
+    code with AMX instructions dies with SIGILL without it. Idempotent; a refusal is a one-line error."""
+    global _AMX_GRANTED
+    if _AMX_GRANTED:
+        return
+    import ctypes
+
+    from ..errors import LowbitError
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata = 158, 0x1023, 18
+    if libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) != 0:
+        err = ctypes.get_errno()
+        raise LowbitError(f"this kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
+                          f"{os.strerror(err)}); compile for a CPU without AMX, e.g. --target "
+                          f"'{{\"kind\": \"llvm\", \"mcpu\": \"cascadelake\"}}'")
+    _AMX_GRANTED = True
+
+
+def uses_amx(target: dict) -> bool:
+    """Whether code for this lowbit target may hold AMX instructions."""
+    return target.get("kind") == "llvm" and target.get("mcpu") == "sapphirerapids"

@@ -85,6 +85,18 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         trailing *= e
         if trailing >= lanes or not e:
             break
+    if not r and vectorizable and len(s) > 1 and inner_ext >= 8 and inner_ext % lanes and all(exts):
+        # lanes would straddle rows (56- or 28-wide u8 rows, 64 lanes): each lane's per-dimension index differs, and
+        # TVM loads and stores them one by one. Vectors over a row (or a divisor of it), rows in parallel.
+        row = max((d for d in (64, 32, 16, 8) if d <= lanes and inner_ext % d == 0), default=0)
+        row = row or (inner_ext if inner_ext <= lanes else 0)
+        if row:
+            vo, vi = sch.split(s[-1], [None, row])
+            outer = sch.fuse(*s[:-1], vo)
+            sch.vectorize(vi)
+            if (_extent(sch, outer) or 0) * row >= MIN_PARALLEL:
+                sch.parallel(outer)
+            return
     width = max((d for d in (64, 32, 16, 8, 4) if d <= lanes and trailing and trailing % d == 0), default=0)
     if not r and vectorizable and trailing % lanes and width >= 4 and all(exts):
         # e.g. [.., 58, 4] u8 blocks (232 per row: 8-wide vectors) or a 130-wide f32 row (no power of two)
@@ -165,12 +177,50 @@ class Elementwise(CPUScheduleRule):
             return None
         sch, infos = opened
         vbytes = _vector_bytes(target)
+        infos = _inline_elementwise(sch, infos)
         for info in infos:
             try:
                 _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
             except Exception:  # a block this rule cannot handle stays as it is (still correct)
                 continue
         return sch
+
+
+def _elements(region) -> int | None:
+    n = 1
+    for r in region.region:
+        if not isinstance(r.extent, tirx.IntImm):
+            return None
+        n *= int(r.extent)
+    return n
+
+
+def _inline_elementwise(sch, infos):
+    """Inline each all-spatial block into its one consumer when the two write as many elements (a one-to-one
+    elementwise chain, e.g. dequantize -> add -> relu -> quantize): one pass over memory instead of one per op,
+    and no producer is recomputed (broadcasts and windows, whose consumers read an element many times, stay)."""
+    left = list(infos)
+    changed = True
+    while changed:
+        changed = False
+        for info in left:
+            if info.dom_kind().strip("S"):
+                continue
+            consumers = sch.get_consumers(info.block_rv)
+            if len(consumers) != 1:
+                continue
+            n_p = _elements(sch.get(info.block_rv).writes[0])
+            n_c = _elements(sch.get(consumers[0]).writes[0])
+            if n_p is None or n_p != n_c:
+                continue
+            try:
+                sch.compute_inline(info.block_rv)
+            except Exception:
+                continue
+            left.remove(info)
+            changed = True
+            break
+    return left
 
 
 def _multiply_add_operands(stmt):

@@ -1,0 +1,173 @@
+"""AMX-INT8 kernels: u8 x i8 -> i32 convolution on Intel AMX tiles (``tdpbusd``), written directly in TIR.
+
+TVM ships no AMX intrinsic (TVM.md); these kernels call LLVM's tile intrinsics themselves. Tile registers:
+tmm0-3 hold a 2 x 2 block of 16 x 16 i32 accumulators (32 output pixels x 32 output channels), tmm4-5 two
+16-pixel x 64-channel u8 input tiles, tmm6-7 two 64-channel x 16-output-channel i8 weight tiles (VNNI order:
+16 rows of [16 channels x 4 k]). The convolution is implicit: an input tile is 16 output pixels of one output
+row, read straight from the zero-point-padded NHWC input with a row stride of ``stride_w * C`` bytes, so no
+im2col buffer is built. A process must ask Linux for the AMX state first (``runtime.host.enable_amx``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+TILE_M, TILE_N, TILE_K = 16, 16, 64  # pixels, output channels, input channels (bytes) per tile
+
+
+class Plan:
+    """How a convolution's input is laid out for the kernel: ``cpix`` bytes per padded NHWC pixel, ``kc`` 64-byte
+    chunks per tap, ``taps_w`` taps walked along the width. A narrow input (``fold``: 4-padded channels x kernel
+    width <= 64, e.g. an RGB stem) lets one 64-byte chunk span a whole kernel row (taps x channels, zero weights
+    past its end), so a 3-channel 7x7 conv runs 7 chunks per tile, not 49 mostly-padding ones."""
+
+    def __init__(self, c, h, w, oh, ow, kh, kw, pads, strides, dilations):
+        pt, pl, pb, pr = pads
+        cq = (c + 3) // 4 * 4
+        self.fold = kw > 1 and cq * kw <= TILE_K and dilations[1] == 1
+        self.owt = (ow + TILE_M - 1) // TILE_M
+        self.hp = h + pt + pb
+        last = (self.owt * TILE_M - 1) * strides[1]  # the last tile row's first input pixel
+        if self.fold:
+            self.cpix, self.kc, self.taps_w, self.cw = cq, 1, 1, c
+            self.wp = max(w + pl + pr, last + TILE_K // cq)
+        else:
+            self.cpix = (c + TILE_K - 1) // TILE_K * TILE_K
+            self.kc, self.taps_w, self.cw = self.cpix // TILE_K, kw, c
+            self.wp = max(w + pl + pr, last + (kw - 1) * dilations[1] + 1)
+
+    def pack_weights(self, weight: np.ndarray) -> np.ndarray:
+        """[O, C, KH, KW] -> [O/16, KH, taps_w, kc * 16, 16, 4] int8: for each 16-output-channel slice and tap
+        chunk, 16 rows of (16 output channels x 4 consecutive k), the VNNI order of a tile's second operand;
+        k past the real channels (or, folded, past the kernel row) weighs 0."""
+        o, c, kh, kw = weight.shape
+        k = self.kc * TILE_K
+        w = np.zeros((o, kh, self.taps_w, k), np.int8)
+        if self.fold:  # k = tap * cq + channel
+            for s in range(kw):
+                w[:, :, 0, s * self.cpix:s * self.cpix + c] = weight[:, :, :, s].transpose(0, 2, 1)
+        else:
+            w[..., :c] = weight.transpose(0, 2, 3, 1)
+        w = w.reshape(o // 16, 16, kh, self.taps_w, k // 4, 4)
+        return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1, 5))
+
+
+def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int, lo: int, hi: int,
+              out_dtype: str):
+    """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow].
+
+    Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
+    from tvm.script import tirx as T
+
+    sh, sw = strides
+    dh, dw = dilations
+    hp, wp, cp, kc, kw, owt = p.hp, p.wp, p.cpix, p.kc, p.taps_w, p.owt
+    nb2 = o // 32  # blocks of two 16-channel tiles; a last odd tile of 16 channels gets a block of its own
+    nblocks = (o + 31) // 32
+    tiles = n * oh * owt
+    mblocks = (tiles + 1) // 2
+    ohw = oh * owt
+    lds = sw * cp  # bytes between consecutive output pixels' input rows
+    wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
+    ID = T.llvm_lookup_intrinsic_id
+
+    def base(t):  # input element offset (times cp) of a 16-pixel tile's first pixel, tap (0, 0)
+        return ((t // ohw * hp + t % ohw // owt * sh) * wp + t % owt * TILE_M * sw) * cp
+
+    def tile(op, *args):
+        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
+
+    @T.prim_func
+    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o // 16, kh, kw, kc * 16, 16, 4), "int8"),
+             CORR: T.Buffer((o,), "int32"), MULT: T.Buffer((o,), "float32"),
+             Y: T.Buffer((n, o, oh, ow), out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
+        W = T.decl_buffer((o // 16 * wstride_o,), "int8", data=WP.data)
+        for nb in T.parallel(nblocks):
+            cfg = T.decl_buffer((64,), "uint8", scope="local")
+            acc = T.decl_buffer((32 * 32,), "int32", scope="local")
+            row = T.decl_buffer((TILE_M,), out_dtype, scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for i in range(8):
+                cfg[16 + i * 2] = T.uint8(64)
+                cfg[48 + i] = T.uint8(16)
+            tile("ldtilecfg", T.address_of(cfg[0]))
+            for mb in range(mblocks):
+                tile("tilezero", T.uint8(0))
+                tile("tilezero", T.uint8(1))
+                tile("tilezero", T.uint8(2))
+                tile("tilezero", T.uint8(3))
+                for r, s, q in T.grid(kh, kw, kc):
+                    # the second tile of an odd last pair repeats the first (same values, stored twice)
+                    tile("tileloadd64", T.uint8(4), T.address_of(X[base(mb * 2) + (r * dh * wp + s * dw) * cp
+                                                                   + q * TILE_K]), T.int64(lds))
+                    tile("tileloadd64", T.uint8(5), T.address_of(X[base(T.min(mb * 2 + 1, tiles - 1))
+                                                                   + (r * dh * wp + s * dw) * cp + q * TILE_K]),
+                         T.int64(lds))
+                    tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]),
+                         T.int64(64))
+                    tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                    tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                    if nb < nb2:  # a second 16-channel tile
+                        tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * wstride_o
+                                                                       + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
+                        tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                        tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                # acc[m][c]: m in 0..31 (the pair's first tile's pixels, then the second's), c in 0..31
+                tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                for half, c in T.grid(2, 32):
+                    if c < 16 or nb < nb2:
+                        for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
+                            row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                "float32", acc[(half * 16 + j) * 32 + c] + CORR[nb * 32 + c]) * MULT[nb * 32 + c]))
+                                + zy, hi), lo))
+                        if T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
+                            for j in T.vectorized(TILE_M):
+                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
+                                  T.min(mb * 2 + half, tiles - 1) % ohw // owt,
+                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                        else:
+                            for j in range(ow % TILE_M):
+                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
+                                  T.min(mb * 2 + half, tiles - 1) % ohw // owt,
+                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+            tile("tilerelease")
+    return func
+
+
+def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
+    """qconv2d (u8 input, groups 1, output channels a multiple of 16) as an AMX kernel: the input padded with its
+    zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``."""
+    from tvm import relax
+
+    from .lower import _np, _requant_consts
+
+    a = op.attrs
+    xt, rt = op.operands[0].type, op.result.type
+    pads, strides, dilations = a["pads"], a["strides"], a["dilations"]
+    pt, pl = pads[0], pads[1]
+    n, c, h, wd = xt.shape
+    o, _, kh, kw = weight.shape
+    _, _, oh, ow = rt.shape
+    zx = int(xt.quant.zero_point[0])
+    p = Plan(c, h, wd, oh, ow, kh, kw, pads, strides, dilations)
+    lo, hi = rt.dtype.iinfo()
+    zy = int(rt.quant.zero_point[0])
+    if a["activation"] == "relu":
+        lo = max(lo, zy)
+    te, tir = L.te, L.tir
+
+    def nhwc(X):
+        return te.compute((n, p.hp, p.wp, p.cpix), lambda i, y, z, k: tir.if_then_else(
+            tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
+            X[i, tir.min(k, c - 1), y - pt, z - pl], tir.const(zx, "uint8")), name="pad_nhwc")
+    xp = L.te_(nhwc, x, name="lowbit_amx_input")
+    func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt))
+    gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
+    args = [xp, L.const(p.pack_weights(weight)), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o))]
+    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, o, oh, ow), _np(rt)))
