@@ -7,7 +7,8 @@ onnxruntime fp32 and its fastest int8 form — quantize_static (QDQ, per-channel
 the model after onnxruntime's own ``quant_pre_process`` (which folds batch norms into convolutions: without it
 onnxruntime's int8 ResNet-18 runs 2x slower), and for transformers also quantize_dynamic — all timed in one
 process with the same thread count (medians after warm-up), and the cosine of each int8 output to fp32 on
-held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's faster form.
+held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's faster form of
+those whose cosine to fp32 is at least 0.99.
 
 Models: the test zoo's (tests/zoo.py: resnet18, mobilenet_v2, encoder; random weights) and ``minilm``
 (all-MiniLM-L6-v2 with its real weights, sequence 128, benchmarks/zoo/real.py), for which the cosine is of
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
 
         ort_q = {}
         pre = work / f"{name}.pre.onnx"
-        quant_pre_process(str(src), str(pre))
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=text)  # (its symbolic pass fails on MiniLM)
         qs = work / f"{name}.qdq.onnx"
         quantize_static(str(pre), str(qs), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
@@ -195,7 +196,11 @@ def main(argv=None) -> int:
         if m_dyn is not None:
             r["lowbit_int8_dynamic_cos"] = min(_cos(list(m_dyn.run(h).values())[0], s_fp.run(None, h)[0], h)
                                                for h in held)
-        mine = min(r["lowbit_int8_ms"], r.get("lowbit_int8_dynamic_ms", np.inf))
+        # lowbit's faster int8 form among those that keep the output (cosine >= 0.99 to fp32); both are printed
+        forms = [(r["lowbit_int8_ms"], r["lowbit_int8_cos"])]
+        if m_dyn is not None:
+            forms.append((r["lowbit_int8_dynamic_ms"], r["lowbit_int8_dynamic_cos"]))
+        mine = min((ms for ms, c in forms if c >= 0.99), default=min(ms for ms, _ in forms))
         r["lowbit_int8_vs_ort_int8"] = mine / best
         r["lowbit_int8_vs_own_fp32"] = mine / r["lowbit_fp32_ms"]
         rows.append(r)

@@ -15,16 +15,22 @@ LOOSER = {"erf", "gelu-erf", "gelu-tanh", "tanh", "sigmoid", "exp", "log", "soft
           "layernorm", "layernorm-axis1", "softmax-13", "softmax-11-coerced", "logsoftmax", "lrn-odd", "pow-float"}
 
 
-def build_and_run(graph, inputs):
-    """lowbit's CPU build (blocked layout, fusion, default schedules) as compile() does it, run in-process."""
+def build_and_run(graph, inputs, amx=None):
+    """lowbit's CPU build (blocked layout, fusion, default schedules) as compile() does it, run in-process;
+    ``amx`` True/False forces the integer kernels onto AMX tiles or off them (None: as compile() decides)."""
     import tvm
     from tvm import relax
 
     from lowbit.codegen import _build_cpu
     from lowbit.codegen.lower import to_relax
     from lowbit.codegen.target import resolve_target
+    from lowbit.runtime.host import enable_amx, uses_amx
 
-    ex = _build_cpu(to_relax(graph, blocked_layout=True), resolve_target("cpu"))
+    target = resolve_target("cpu")
+    amx = uses_amx(target) if amx is None else amx
+    if amx:
+        enable_amx()
+    ex = _build_cpu(to_relax(graph, blocked_layout=True, amx=amx), target)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(inputs[v.name]) for v in graph.inputs])
     return {n: o.numpy() for n, o in zip(graph.output_names, out)}

@@ -11,11 +11,25 @@ from lowbit.ir import Graph, TensorType, dtypes as dt
 from lowbit.ir.types import QuantParams
 from test_codegen_ops import build_and_run
 
+
+def _has_amx():
+    from lowbit.codegen.target import resolve_target
+    from lowbit.runtime.host import uses_amx
+
+    return uses_amx(resolve_target("cpu"))
+
+
+# every integer kernel is checked both on AMX tiles (where this CPU has them) and off them
+KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(not _has_amx(), reason="this CPU has no AMX-INT8"))]
+
 CONVS = [  # (cin, cout, hw, k, stride, pad, groups, relu, x dtype, per-channel)
     (3, 16, 9, 3, 1, 1, 1, False, "u8", True),
     (16, 24, 8, 1, 1, 0, 1, True, "u8", True),
     (8, 8, 7, 3, 2, 1, 8, True, "u8", True),
     (12, 16, 6, 3, 1, 0, 2, False, "i8", False),
+    (64, 32, 19, 3, 2, 1, 1, True, "u8", True),     # AMX: two channel tiles, rows of 10 in 16-pixel tiles
+    (80, 48, 5, 1, 1, 0, 1, False, "u8", True),     # AMX: channels padded to 128, an odd third channel tile
+    (16, 32, 11, 3, 1, 2, 1, True, "u8", False),    # AMX: a kernel row folded into one 64-byte chunk
 ]
 
 
@@ -61,21 +75,23 @@ def _qlinearconv_model(g, params):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
+@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
 @pytest.mark.parametrize("case", CONVS, ids=[str(i) for i in range(len(CONVS))])
-def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case):
+def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, amx):
     g, x, params = _qconv_graph(*case)
     want = lowbit.interpret(g, x)["y"]
     assert want.dtype == g.outputs[0].type.dtype.np_dtype
     if not case[7]:  # QLinearConv has no fused relu
         ref = ort.InferenceSession(_qlinearconv_model(g, params), providers=["CPUExecutionProvider"]).run(None, x)[0]
         np.testing.assert_array_equal(want, ref)
-    got = build_and_run(g, x)["y"]
+    got = build_and_run(g, x, amx)["y"]
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
 @pytest.mark.parametrize("lead,k,n,relu,per_channel", [((1,), 32, 10, False, True), ((2, 5), 64, 48, True, True),
-                                                       ((7,), 16, 8, False, False)])
-def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel):
+                                                       ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True)])
+def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
     rng = np.random.default_rng(3)
     sw = tuple(map(float, rng.uniform(0.002, 0.01, n))) if per_channel else (0.004,)
     g = Graph("q")
@@ -87,7 +103,7 @@ def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel):
                  {"activation": "relu" if relu else "none"}, [rt]).result
     g.set_outputs([y], ["y"])
     xs = {"x": rng.integers(0, 256, lead + (k,)).astype(np.uint8)}
-    np.testing.assert_array_equal(build_and_run(g, xs)["y"], lowbit.interpret(g, xs)["y"])
+    np.testing.assert_array_equal(build_and_run(g, xs, amx)["y"], lowbit.interpret(g, xs)["y"])
 
 
 def test_lower_qdq_turns_the_qdq_cnn_into_integer_ops(zoo_dir):
@@ -148,8 +164,11 @@ def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
     assert np.max(diff) <= 6.0 / 255 * 1.001
 
 
-@pytest.mark.parametrize("lead,k,n,bias", [((128,), 64, 48, True), ((1, 7), 32, 16, True), ((5,), 16, 8, False)])
-def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias):
+@pytest.mark.parametrize("per_row", [False, True], ids=["tensor", "row"])
+@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
+@pytest.mark.parametrize("lead,k,n,bias", [((128,), 64, 48, True), ((1, 7), 32, 16, True), ((5,), 16, 8, False),
+                                           ((2, 33), 100, 64, True)])
+def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, amx, per_row):
     rng = np.random.default_rng(10)
     g = Graph("d")
     x = g.add_input("x", TensorType(lead + (k,), dt.f32))
@@ -157,11 +176,13 @@ def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias):
     w = g.const(rng.integers(-127, 128, (k, n)).astype(np.int8),
                 type=TensorType((k, n), dt.i8, QuantParams(sw, (0,) * n, 1)))
     ops = [x, w] + ([g.const(rng.normal(0, 1, n).astype(np.float32))] if bias else [])
-    g.set_outputs([g.create("qmatmul_dynamic", ops).result], ["y"])
-    for xs in ({"x": rng.normal(0.3, 2, lead + (k,)).astype(np.float32)},
+    g.set_outputs([g.create("qmatmul_dynamic", ops, {"per_row": per_row}).result], ["y"])
+    rows_apart = rng.normal(0.3, 2, lead + (k,)) * rng.uniform(0.01, 30, lead + (1,))  # rows of unlike ranges
+    rows_apart[..., :1, :] = 0                                                          # a zero row
+    for xs in ({"x": rng.normal(0.3, 2, lead + (k,)).astype(np.float32)}, {"x": rows_apart.astype(np.float32)},
                {"x": np.zeros(lead + (k,), np.float32)},                        # zero range: scale 1, zp 0
                {"x": np.abs(rng.normal(0, 1, lead + (k,))).astype(np.float32)}):  # all positive: zp 0
-        np.testing.assert_array_equal(build_and_run(g, xs)["y"], lowbit.interpret(g, xs)["y"])
+        np.testing.assert_array_equal(build_and_run(g, xs, amx)["y"], lowbit.interpret(g, xs)["y"])
 
 
 def test_dynamic_quantization_of_the_encoder_tracks_fp32_and_onnxruntime(zoo_dir, tmp_path):

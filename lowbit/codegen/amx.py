@@ -171,3 +171,210 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
     gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
     args = [xp, L.const(p.pack_weights(weight)), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o))]
     return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, o, oh, ow), _np(rt)))
+
+
+def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_bias: bool, zy: int = 0,
+                lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False):
+    """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles; X holds ``mp`` rows of ``kp`` bytes (M and K padded
+    to 32 and 64, or the input itself when they already are), W is packed [N/16, kp/4, 16, 4].
+
+    Static (``qmatmul``): args X, W, corr [N] i32, mult [N] f32 -> Y = requantized as ``conv_func``.
+    Dynamic (``qmatmul_dynamic``): args X, W, zp i32, scale f32 ([1], or [M] ``per_row``), wsum [N] i32,
+    wscale [N] f32, bias [N] f32 -> Y f32 = f32(acc - zp * wsum) * (scale * wscale) [+ bias], the multiply-add
+    fused (one rounding)."""
+    from tvm.script import tirx as T
+
+    m = int(np.prod(shape_y[:-1]))
+    rows, pr = (m, 1) if per_row else (1, 0)
+    nb2, nblocks, mblocks = nn // 32, (nn + 31) // 32, mp // 32
+    kc = kp // TILE_K
+    ID = T.llvm_lookup_intrinsic_id
+    f32 = "float32"
+
+    def tile(op, *args):
+        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
+
+    if dynamic:
+        @T.prim_func
+        def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((nn // 16, kp // 4, 16, 4), "int8"),
+                 ZP: T.Buffer((rows,), "int32"), SC: T.Buffer((rows,), f32), WS: T.Buffer((nn,), "int32"),
+                 S: T.Buffer((nn,), f32), B: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, f32)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+            X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
+            W = T.decl_buffer((nn * kp,), "int8", data=WP.data)
+            Y = T.decl_buffer((m, nn), f32, data=YP.data)
+            for nb in T.parallel(nblocks):
+                cfg = T.decl_buffer((64,), "uint8", scope="local")
+                acc = T.decl_buffer((32 * 32,), "int32", scope="local")
+                for i in range(64):
+                    cfg[i] = T.uint8(0)
+                cfg[0] = T.uint8(1)
+                for i in range(8):
+                    cfg[16 + i * 2] = T.uint8(64)
+                    cfg[48 + i] = T.uint8(16)
+                tile("ldtilecfg", T.address_of(cfg[0]))
+                for mb in range(mblocks):
+                    tile("tilezero", T.uint8(0))
+                    tile("tilezero", T.uint8(1))
+                    tile("tilezero", T.uint8(2))
+                    tile("tilezero", T.uint8(3))
+                    for q in range(kc):
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[mb * 32 * kp + q * TILE_K]), T.int64(kp))
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[(mb * 32 + 16) * kp + q * TILE_K]),
+                             T.int64(kp))
+                        tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
+                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                        if nb < nb2:
+                            tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * 16 * kp + q * 1024]),
+                                 T.int64(64))
+                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                    tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                    tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                    tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                    tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                    for i, ct in T.grid(32, 2):
+                        if mb * 32 + i < m and (ct == 0 or nb < nb2):
+                            for c in T.vectorized(16):
+                                if has_bias:
+                                    Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(
+                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(mb * 32 + i) * pr] * WS[
+                                            nb * 32 + ct * 16 + c]) * (SC[(mb * 32 + i) * pr] * S[
+                                                nb * 32 + ct * 16 + c]) + B[nb * 32 + ct * 16 + c]
+                                else:
+                                    Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(
+                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(mb * 32 + i) * pr] * WS[
+                                            nb * 32 + ct * 16 + c]) * (SC[(mb * 32 + i) * pr] * S[
+                                                nb * 32 + ct * 16 + c])
+                tile("tilerelease")
+        return func
+
+    @T.prim_func
+    def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((nn // 16, kp // 4, 16, 4), "int8"),
+             CORR: T.Buffer((nn,), "int32"), MULT: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
+        W = T.decl_buffer((nn * kp,), "int8", data=WP.data)
+        Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
+        for nb in T.parallel(nblocks):
+            cfg = T.decl_buffer((64,), "uint8", scope="local")
+            acc = T.decl_buffer((32 * 32,), "int32", scope="local")
+            for i in range(64):
+                cfg[i] = T.uint8(0)
+            cfg[0] = T.uint8(1)
+            for i in range(8):
+                cfg[16 + i * 2] = T.uint8(64)
+                cfg[48 + i] = T.uint8(16)
+            tile("ldtilecfg", T.address_of(cfg[0]))
+            for mb in range(mblocks):
+                tile("tilezero", T.uint8(0))
+                tile("tilezero", T.uint8(1))
+                tile("tilezero", T.uint8(2))
+                tile("tilezero", T.uint8(3))
+                for q in range(kc):
+                    tile("tileloadd64", T.uint8(4), T.address_of(X[mb * 32 * kp + q * TILE_K]), T.int64(kp))
+                    tile("tileloadd64", T.uint8(5), T.address_of(X[(mb * 32 + 16) * kp + q * TILE_K]), T.int64(kp))
+                    tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
+                    tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                    tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                    if nb < nb2:
+                        tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * 16 * kp + q * 1024]),
+                             T.int64(64))
+                        tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                        tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                for i, ct in T.grid(32, 2):
+                    if mb * 32 + i < m and (ct == 0 or nb < nb2):
+                        for c in T.vectorized(16):
+                            Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(T.Cast(
+                                "int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[nb * 32 + ct * 16 + c])
+                                                     * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
+            tile("tilerelease")
+    return func
+
+
+def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
+    """[K, N] -> [N/16, kp/4, 16, 4] int8 (k past K weighs 0)."""
+    k, nn = w.shape
+    wp = np.zeros((kp, nn), np.int8)
+    wp[:k] = w
+    return np.ascontiguousarray(wp.reshape(kp // 4, 4, nn // 16, 16).transpose(2, 0, 3, 1))
+
+
+def matmul_input(L, x, shape, mp: int, kp: int, zero: int):
+    """The u8 input as [mp, kp] rows (a copy padded with ``zero`` only when M or K is not a multiple)."""
+    m, k = int(np.prod(shape[:-1])), shape[-1]
+    if m == mp and k == kp:
+        return x, tuple(shape)
+    te, tir = L.te, L.tir
+
+    def fn(X):
+        flat = te.compute((m, k), lambda i, j: X[tuple(_unravel(i, shape[:-1])) + (j,)], name="rows")
+        return te.compute((mp, kp), lambda i, j: tir.if_then_else(tir.all(i < m, j < k), flat[tir.min(i, m - 1),
+                          tir.min(j, k - 1)], tir.const(zero, "uint8")), name="pad_rows")
+    return L.te_(fn, x, name="lowbit_amx_rows"), (mp, kp)
+
+
+def _unravel(i, dims):
+    out = []
+    for d in reversed(dims):
+        out.append(i % d)
+        i = i // d
+    return list(reversed(out))
+
+
+def dynamic_rows_func(shape_x, m: int, k: int, mp: int, kp: int):
+    """A PrimFunc X f32 (rows of the last axis) -> (Xq [mp, kp] u8, scale [m] f32, zero point [m] i32): per row,
+    onnxruntime's DynamicQuantizeLinear parameters over [min(row, 0), max(row, 0)] and the row quantized with
+    them; one parallel pass, the range a vectorized reduction. Padding rows and columns are 0."""
+    from tvm.script import tirx as T
+
+    f32 = "float32"
+    kv = k // 16 * 16
+
+    @T.prim_func(s_tir=True)
+    def func(XP: T.Buffer(shape_x, f32), Q: T.Buffer((mp, kp), "uint8"), SC: T.Buffer((m,), f32),
+             ZP: T.Buffer((m,), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        with T.sblock("root"):  # TVM checks the body of a one-input function for a reshape pattern
+            X = T.decl_buffer((m, k), f32, data=XP.data)
+            for r in T.parallel(mp):
+                lo = T.decl_buffer((16,), f32, scope="local")
+                hi = T.decl_buffer((16,), f32, scope="local")
+                par = T.decl_buffer((2,), f32, scope="local")
+                if r < m:
+                    for j in T.vectorized(16):
+                        lo[j] = T.float32(0)  # the range always holds 0
+                        hi[j] = T.float32(0)
+                    for c in range(kv // 16):
+                        for j in T.vectorized(16):
+                            lo[j] = T.min(lo[j], X[r, c * 16 + j])
+                            hi[j] = T.max(hi[j], X[r, c * 16 + j])
+                    for j in range(k - kv):
+                        lo[0] = T.min(lo[0], X[r, kv + j])
+                        hi[0] = T.max(hi[0], X[r, kv + j])
+                    for j in range(15):
+                        lo[0] = T.min(lo[0], lo[j + 1])
+                        hi[0] = T.max(hi[0], hi[j + 1])
+                    # par[0]: the scale, par[1]: the zero point (as f32)
+                    par[0] = T.if_then_else((hi[0] - lo[0]) / T.float32(255) == T.float32(0), T.float32(1),
+                                            (hi[0] - lo[0]) / T.float32(255))
+                    par[1] = T.if_then_else(hi[0] - lo[0] == T.float32(0), T.float32(0), T.Cast(f32, T.max(T.min(
+                        T.Cast("int32", T.nearbyint(-lo[0] / par[0])), 255), 0)))
+                    SC[r] = par[0]
+                    ZP[r] = T.Cast("int32", par[1])
+                    for c in range(kv // 16):
+                        for j in T.vectorized(16):
+                            Q[r, c * 16 + j] = T.Cast("uint8", T.max(T.min(T.Cast("int32", T.nearbyint(
+                                X[r, c * 16 + j] / par[0])) + T.Cast("int32", par[1]), 255), 0))
+                    for j in range(kp - kv):
+                        Q[r, kv + j] = T.if_then_else(kv + j < k, T.Cast("uint8", T.max(T.min(T.Cast("int32", T.nearbyint(
+                            X[r, T.min(kv + j, k - 1)] / par[0])) + T.Cast("int32", par[1]), 255), 0)), T.uint8(0))
+                else:
+                    for j in range(kp):
+                        Q[r, j] = T.uint8(0)
+    return func

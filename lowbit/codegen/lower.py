@@ -356,44 +356,122 @@ def _qconv2d_dot4(L, op, x, weight: np.ndarray, corr: np.ndarray):
 
 @rule("qmatmul_dynamic")
 def _qmatmul_dynamic(L, op, x, w, b=None):
-    """Dynamic quantization, as the reference: the input's range (with 0) over all its elements, u8 parameters,
-    the quantized input, an exact integer matmul (zero point folded per column), f32 rescaling."""
+    """Dynamic quantization, as the reference: the input's range (with 0) over all its elements or over each row,
+    u8 parameters, the quantized input, an exact integer matmul (zero point folded per column), f32 rescaling."""
+    from tvm import relax
+
     xt = op.operands[0].type
     weight = op.operands[1].const_value
     k, nn = weight.shape
     sw = np.broadcast_to(op.operands[1].type.quant.scale_array().astype(np.float32), (nn,))
     wsum = weight.astype(np.int32).sum(axis=0).astype(np.int32)
     shape = op.result.type.shape
+    per_row = op.attrs["per_row"]
+    if L.amx and nn % 16 == 0 and per_row:
+        return _qmatmul_dynamic_amx(L, op, x, None, None, weight, sw, wsum, b)
+    pv = L.emit(L.bb.emit_te(_dynamic_u8_params(L, xt, per_row), x, primfunc_name_hint="lowbit_dynamic_params"))
+    sc, zp = L.emit(relax.TupleGetItem(pv, 0)), L.emit(relax.TupleGetItem(pv, 1))
+    if L.amx and nn % 16 == 0:
+        return _qmatmul_dynamic_amx(L, op, x, sc, zp, weight, sw, wsum, b)
     te, tir = L.te, L.tir
     f32 = "float32"
-    axes_all = lambda: [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xt.shape)]  # noqa: E731
+    lead = xt.shape[:-1]
 
-    def fn(X, W, S, WS, *B):
-        ra, rb = axes_all(), axes_all()
-        mn = te.compute((1,), lambda _: te.min(X[tuple(ra)], axis=ra), name="dyn_min")
-        mx = te.compute((1,), lambda _: te.max(X[tuple(rb)], axis=rb), name="dyn_max")
-        lo = te.compute((1,), lambda i: tir.min(mn[i], tir.const(0, f32)), name="dyn_lo")
-        hi = te.compute((1,), lambda i: tir.max(mx[i], tir.const(0, f32)), name="dyn_hi")
+    def row(i):  # the flattened leading index of an element (0 when per tensor)
+        if not per_row:
+            return 0
+        r = 0
+        for ix, d in zip(i, lead):
+            r = r * d + ix
+        return r
 
-        def scale_of(i):
-            s = (hi[i] - lo[i]) / tir.const(255, f32)
-            return tir.if_then_else(s == tir.const(0, f32), tir.const(1, f32), s)
-        sc = te.compute((1,), scale_of, name="dyn_scale")
-        zp = te.compute((1,), lambda i: tir.if_then_else(
-            hi[i] - lo[i] == tir.const(0, f32), 0,
-            tir.max(tir.min(tir.nearbyint(-lo[i] / sc[i]).astype("int32"), 255), 0)), name="dyn_zp")
+    def fn(X, SC, ZP, W, S, WS, *B):
         xq = te.compute(xt.shape, lambda *i: tir.max(tir.min(
-            tir.nearbyint(X[i] / sc[0]).astype("int32") + zp[0], 255), 0).astype("uint8"), name="dyn_quantize")
+            tir.nearbyint(X[i] / SC[row(i[:-1])]).astype("int32") + ZP[row(i[:-1])], 255), 0).astype("uint8"),
+            name="dyn_quantize")
         r = te.reduce_axis((0, k), "k")
         acc = te.compute(shape, lambda *i: te.sum(xq[i[:-1] + (r,)].astype("int32") * W[r, i[-1]].astype("int32"),
                                                   axis=[r]), name="qmatmul_dynamic_acc")
 
         def out(*i):
-            v = (acc[i] - zp[0] * WS[i[-1]]).astype(f32) * (sc[0] * S[i[-1]])
+            v = (acc[i] - ZP[row(i[:-1])] * WS[i[-1]]).astype(f32) * (SC[row(i[:-1])] * S[i[-1]])
             return v + B[0][i[-1]] if B else v
         return te.compute(shape, out, name="rescale")
-    args = [x, L.const(weight.astype(np.int8)), L.const(np.ascontiguousarray(sw)), L.const(wsum)] + ([b] if b is not None else [])
+    args = [x, sc, zp, L.const(weight.astype(np.int8)), L.const(np.ascontiguousarray(sw)), L.const(wsum)]
+    args += [b] if b is not None else []
     return L.te_(fn, *args, name="lowbit_qmatmul_dynamic")
+
+
+def _dynamic_u8_params(L, xt, per_row: bool):
+    """TE: the input's u8 scales and zero points ([1], or [rows] per row of the last axis), as onnxruntime's
+    DynamicQuantizeLinear computes them (the range widened to include 0)."""
+    te, tir = L.te, L.tir
+    f32 = "float32"
+    lead, k = xt.shape[:-1], xt.shape[-1]
+    rows = int(np.prod(lead)) if per_row else 1
+
+    def params(X):
+        if per_row:
+            from .amx import _unravel
+
+            rk, sk = te.reduce_axis((0, k), "rk"), te.reduce_axis((0, k), "sk")
+            mn = te.compute((rows,), lambda i: te.min(X[tuple(_unravel(i, lead)) + (rk,)], axis=[rk]), name="dyn_min")
+            mx = te.compute((rows,), lambda i: te.max(X[tuple(_unravel(i, lead)) + (sk,)], axis=[sk]), name="dyn_max")
+        else:
+            ra = [te.reduce_axis((0, d), f"r{i}") for i, d in enumerate(xt.shape)]
+            rb = [te.reduce_axis((0, d), f"s{i}") for i, d in enumerate(xt.shape)]
+            mn = te.compute((1,), lambda _: te.min(X[tuple(ra)], axis=ra), name="dyn_min")
+            mx = te.compute((1,), lambda _: te.max(X[tuple(rb)], axis=rb), name="dyn_max")
+        zero = tir.const(0, f32)
+
+        def scale_of(i):
+            s = (tir.max(mx[i], zero) - tir.min(mn[i], zero)) / tir.const(255, f32)
+            return tir.if_then_else(s == zero, tir.const(1, f32), s)
+        sc = te.compute((rows,), scale_of, name="dyn_scale")
+        zp = te.compute((rows,), lambda i: tir.if_then_else(
+            tir.max(mx[i], zero) - tir.min(mn[i], zero) == zero, 0,
+            tir.max(tir.min(tir.nearbyint(-tir.min(mn[i], zero) / sc[i]).astype("int32"), 255), 0)), name="dyn_zp")
+        return [sc, zp]
+    return params
+
+
+def _qmatmul_dynamic_amx(L, op, x, sc, zp, weight, sw, wsum, b):
+    """qmatmul_dynamic on AMX tiles: the quantized input as [M, K] rows (padded to 32 x 64), then
+    ``amx.matmul_func`` (rescale and bias fused into one multiply-add, as the reference rounds once)."""
+    from tvm import relax
+
+    from . import amx
+
+    xt = op.operands[0].type
+    k, nn = weight.shape
+    m = int(np.prod(xt.shape[:-1]))
+    mp, kp = -(-m // 32) * 32, -(-k // 64) * 64
+    per_row = op.attrs["per_row"]
+    te, tir = L.te, L.tir
+    shape = xt.shape
+
+    def quant(X, SC, ZP):
+        def at(i, j):
+            r = tir.min(i, m - 1) if per_row else 0
+            idx = tuple(amx._unravel(tir.min(i, m - 1), shape[:-1])) + (tir.min(j, k - 1),)
+            q = tir.max(tir.min(tir.nearbyint(X[idx] / SC[r]).astype("int32") + ZP[r], 255), 0).astype("uint8")
+            return tir.if_then_else(tir.all(i < m, j < k), q, tir.const(0, "uint8"))
+        return te.compute((mp, kp), at, name="dyn_quantize")
+    if sc is None:  # per row: range, parameters and quantized rows in one pass
+        f = amx.dynamic_rows_func(shape, m, k, mp, kp)
+        gq = L.bb.add_func(f.without_attr("global_symbol"), "lowbit_dynamic_quantize_rows")
+        t = L.emit(relax.call_tir(gq, relax.Tuple([x]), [relax.TensorType((mp, kp), "uint8"),
+                                                         relax.TensorType((m,), "float32"),
+                                                         relax.TensorType((m,), "int32")]))
+        xq, sc, zp = (L.emit(relax.TupleGetItem(t, i)) for i in range(3))
+    else:
+        xq = L.emit(L.te_(quant, x, sc, zp, name="lowbit_dynamic_quantize"))
+    bias = b if b is not None else L.const(np.zeros(nn, np.float32))
+    func = amx.matmul_func((mp, kp), op.result.type.shape, mp, kp, nn, True, b is not None, per_row=per_row)
+    gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qmatmul_dynamic_amx")
+    args = [xq, L.const(amx.pack_matmul_weights(weight.astype(np.int8), kp)), zp, sc, L.const(wsum),
+            L.const(np.ascontiguousarray(sw)), bias]
+    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(op.result.type.shape, "float32"))
 
 
 @rule("qmatmul")
@@ -408,6 +486,24 @@ def _qmatmul(L, op, x, w, b=None):
         corr = corr + op.operands[2].const_value.astype(np.int64)
     shape = op.result.type.shape
     te = L.te
+    if L.amx and xt.dtype == dt.u8 and nn % 16 == 0:
+        from tvm import relax
+
+        from . import amx
+
+        rt = op.result.type
+        m = int(np.prod(xt.shape[:-1]))
+        mp, kp = -(-m // 32) * 32, -(-k // 64) * 64
+        xr, shape_x = amx.matmul_input(L, x, xt.shape, mp, kp, zx)
+        lo, hi = rt.dtype.iinfo()
+        zy = int(rt.quant.zero_point[0])
+        if op.attrs["activation"] == "relu":
+            lo = max(lo, zy)
+        func = amx.matmul_func(shape_x, shape, mp, kp, nn, False, False, zy, lo, hi, _np(rt))
+        gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qmatmul_amx")
+        args = [xr, L.const(amx.pack_matmul_weights(weight.astype(np.int8), kp)), L.const(corr.astype(np.int32)),
+                L.const(_requant_consts(op, nn))]
+        return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(shape, _np(rt)))
 
     def fn(X, W, Cr, M):
         r = te.reduce_axis((0, k), "k")

@@ -472,9 +472,20 @@ def dynamic_u8_params(x: np.ndarray) -> tuple[np.float32, int]:
     return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
 
 
+def dynamic_u8_row_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``dynamic_u8_params`` of every row of the last axis: scales and zero points shaped [..., 1]."""
+    lo = np.minimum(x.min(axis=-1, keepdims=True), 0).astype(np.float32)
+    hi = np.maximum(x.max(axis=-1, keepdims=True), 0).astype(np.float32)
+    scale = ((hi - lo) / np.float32(255)).astype(np.float32)
+    zero = scale == 0
+    scale = np.where(zero, np.float32(1), scale).astype(np.float32)
+    zp = np.where(zero, 0, np.clip(np.rint(-lo / scale), 0, 255)).astype(np.int64)
+    return scale, zp
+
+
 @impl("qmatmul_dynamic")
 def _qmatmul_dynamic(op, x, w, b=None):
-    sx, zx = dynamic_u8_params(x)
+    sx, zx = dynamic_u8_row_params(x) if op.attrs["per_row"] else dynamic_u8_params(x)
     xq = np.clip(np.rint(x.astype(np.float32) / sx) + zx, 0, 255)
     acc = np.rint(np.matmul(xq.astype(np.float64) - zx, w.astype(np.float64)))
     m = sx * op.operands[1].type.quant.scale_array().astype(np.float32)

@@ -604,10 +604,11 @@ def _infer_qmatmul_dynamic(types, attrs):
     return [f]
 
 
-register(OpSchema("qmatmul_dynamic", (2, 3), {}, _infer_qmatmul_dynamic,
+register(OpSchema("qmatmul_dynamic", (2, 3), {"per_row": Attr("bool", False)}, _infer_qmatmul_dynamic,
                   doc="x quantized at run time to u8 over [min(x, 0), max(x, 0)] (scale = range / 255, zp = "
-                      "round(-min / scale)), exact i32 matmul with the i8 weight, y = f32(acc) * f32(sx * sw) + bias rounded "
-                      "once (a fused multiply-add)"))
+                      "round(-min / scale)) — over the whole tensor (onnxruntime's DynamicQuantizeLinear) or, with "
+                      "per_row, over each row of the last axis (one scale per token) — exact i32 matmul with the i8 "
+                      "weight, y = f32(acc) * f32(sx * sw) + bias rounded once (a fused multiply-add)"))
 
 
 _INTEGER_DOC = ("acc = sum((x - zx) * w) + bias exactly in integers; y = saturate(round_half_even(f32(acc) * m) + zy), "

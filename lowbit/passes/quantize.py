@@ -5,7 +5,9 @@ Options: ``calibrator`` (minmax | percentile | entropy | mse), ``percentile`` (f
 calibrator), ``activations`` (u8: asymmetric, the fast form on x86; i8: symmetric), ``exclude_ops`` (op
 names left in float, e.g. ``[gemm]``) and ``exclude_nodes`` (op locations, i.e. ONNX node names).
 ``dynamic=true`` instead quantizes matmuls and gemms by constants to ``qmatmul_dynamic`` (the input's u8 scale
-computed at run time, as onnxruntime's quantize_dynamic does; no calibration data needed).
+computed at run time; no calibration data needed): ``per_row=true`` (the default) gives each row (token) its own
+scale, ``per_row=false`` one per tensor, as onnxruntime's quantize_dynamic does — transformers have a few
+tokens with outlying activations, which a per-tensor scale spends most of its 256 levels on.
 
 Weights: int8 symmetric per output channel (scale = max|w| / 127). Biases: i32 in units of input scale x
 weight scale. Activations: one scale and zero point per tensor from the calibrator, at every input of a
@@ -77,6 +79,7 @@ class Quantize(Pass):
     exclude_ops: tuple = ()
     exclude_nodes: tuple = ()
     dynamic: bool = False
+    per_row: bool = True
 
     def __post_init__(self):
         from ..quant.calibrate import CALIBRATORS
@@ -96,7 +99,7 @@ class Quantize(Pass):
         if self.dynamic:
             for op in targets:
                 if op.opname != "conv2d":
-                    self._quantize_dynamic(graph, op)
+                    self._quantize_dynamic(graph, op, self.per_row)
             return
         if not targets:
             return
@@ -135,7 +138,7 @@ class Quantize(Pass):
                 graph.outputs = [dq if o is v else o for o in graph.outputs]
 
     @staticmethod
-    def _quantize_dynamic(g: Graph, op) -> None:
+    def _quantize_dynamic(g: Graph, op, per_row: bool) -> None:
         """matmul / gemm by a constant -> qmatmul_dynamic (the input's scale is computed at run time)."""
         w = op.operands[1].const_value
         if _weight_axis(op) == 0:  # gemm with transposed B: [N, K] -> [K, N]
@@ -144,7 +147,7 @@ class Quantize(Pass):
         ops = [op.operands[0], g.const(wq, loc=op.loc, before=op, type=wt)]
         if len(op.operands) > 2:
             ops.append(g.const(op.operands[2].const_value.astype(np.float32).reshape(-1), loc=op.loc, before=op))
-        y = g.create("qmatmul_dynamic", ops, loc=op.loc, before=op).result
+        y = g.create("qmatmul_dynamic", ops, {"per_row": per_row}, loc=op.loc, before=op).result
         g.replace_all_uses(op.results[0], y)
         g.erase(op)
 
