@@ -36,18 +36,20 @@ class Plan:
             self.wp = max(w + pl + pr, last + (kw - 1) * dilations[1] + 1)
 
     def pack_weights(self, weight: np.ndarray) -> np.ndarray:
-        """[O, C, KH, KW] -> [O/16, KH, taps_w, kc * 16, 16, 4] int8: for each 16-output-channel slice and tap
-        chunk, 16 rows of (16 output channels x 4 consecutive k), the VNNI order of a tile's second operand;
-        k past the real channels (or, folded, past the kernel row) weighs 0."""
+        """[O, C, KH, KW] -> [O16 / 16, KH, taps_w, kc * 16, 16, 4] int8 (O16: O padded to 16): for each
+        16-output-channel slice and tap chunk, 16 rows of (16 output channels x 4 consecutive k), the VNNI order
+        of a tile's second operand; output channels past O and k past the real channels (or, folded, past the
+        kernel row) weigh 0."""
         o, c, kh, kw = weight.shape
         k = self.kc * TILE_K
-        w = np.zeros((o, kh, self.taps_w, k), np.int8)
+        o16 = (o + 15) // 16 * 16
+        w = np.zeros((o16, kh, self.taps_w, k), np.int8)  # output channels past o weigh 0
         if self.fold:  # k = tap * cq + channel
             for s in range(kw):
-                w[:, :, 0, s * self.cpix:s * self.cpix + c] = weight[:, :, :, s].transpose(0, 2, 1)
+                w[:o, :, 0, s * self.cpix:s * self.cpix + c] = weight[:, :, :, s].transpose(0, 2, 1)
         else:
-            w[..., :c] = weight.transpose(0, 2, 3, 1)
-        w = w.reshape(o // 16, 16, kh, self.taps_w, k // 4, 4)
+            w[:o, ..., :c] = weight.transpose(0, 2, 3, 1)
+        w = w.reshape(o16 // 16, 16, kh, self.taps_w, k // 4, 4)
         return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1, 5))
 
 
@@ -61,8 +63,9 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     sh, sw = strides
     dh, dw = dilations
     hp, wp, cp, kc, kw, owt = p.hp, p.wp, p.cpix, p.kc, p.taps_w, p.owt
-    nb2 = o // 32  # blocks of two 16-channel tiles; a last odd tile of 16 channels gets a block of its own
-    nblocks = (o + 31) // 32
+    op_ = (o + 15) // 16 * 16  # output channels padded to whole tiles (the padding weighs 0, is not stored)
+    nb2 = op_ // 32  # blocks of two 16-channel tiles; a last odd tile of 16 channels gets a block of its own
+    nblocks = (op_ + 31) // 32
     tiles = n * oh * owt
     mblocks = (tiles + 1) // 2
     ohw = oh * owt
@@ -77,12 +80,12 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
         return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
 
     @T.prim_func
-    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o // 16, kh, kw, kc * 16, 16, 4), "int8"),
-             CORR: T.Buffer((o,), "int32"), MULT: T.Buffer((o,), "float32"),
+    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
+             CORR: T.Buffer((op_,), "int32"), MULT: T.Buffer((op_,), "float32"),
              Y: T.Buffer((n, o, oh, ow), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
-        W = T.decl_buffer((o // 16 * wstride_o,), "int8", data=WP.data)
+        W = T.decl_buffer((op_ // 16 * wstride_o,), "int8", data=WP.data)
         for nb in T.parallel(nblocks):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
@@ -121,7 +124,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                 tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                 tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                 for half, c in T.grid(2, 32):
-                    if c < 16 or nb < nb2:
+                    if (c < 16 or nb < nb2) and nb * 32 + c < o:
                         for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
                             row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
                                 "float32", acc[(half * 16 + j) * 32 + c] + CORR[nb * 32 + c]) * MULT[nb * 32 + c]))
@@ -141,7 +144,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
 
 
 def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
-    """qconv2d (u8 input, groups 1, output channels a multiple of 16) as an AMX kernel: the input padded with its
+    """qconv2d (u8 input, groups 1) as an AMX kernel: the input padded with its
     zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``."""
     from tvm import relax
 
@@ -169,7 +172,9 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
     xp = L.te_(nhwc, x, name="lowbit_amx_input")
     func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt))
     gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
-    args = [xp, L.const(p.pack_weights(weight)), L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o))]
+    o16 = (o + 15) // 16 * 16
+    args = [xp, L.const(p.pack_weights(weight)), L.const(np.pad(corr.astype(np.int32), (0, o16 - o))),
+            L.const(np.pad(_requant_consts(op, o), (0, o16 - o)))]
     return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, o, oh, ow), _np(rt)))
 
 

@@ -291,10 +291,28 @@ def _qconv2d(L, op, x, w, b=None):
     te, tir = L.te, L.tir
     xd = _np(xt)
     opg = o // g
+    if g == c == o and g > 1:  # depthwise: a row kernel over the NCHW input, no padded copy
+        from tvm import relax
+
+        from .rows import depthwise_conv, depthwise_conv_planes
+
+        rt = op.result.type
+        lo, hi = rt.dtype.iinfo()
+        zy = int(rt.quant.zero_point[0])
+        if a["activation"] == "relu":
+            lo = max(lo, zy)
+        bias = op.operands[2].const_value.astype(np.int32) if b is not None else np.zeros(o, np.int32)
+        # small planes: one vector run per tap over the whole plane; wide rows: row vectors, no plane copy
+        kernel = depthwise_conv_planes if sh == sw and (h + pt + pb) * (wd + pl + pr) <= 2048 else depthwise_conv
+        func = kernel(xt.shape, rt.shape, (kh, kw), (sh, sw), (pt, pl, pb, pr), (dh, dw), xd, zx, _np(rt), zy, lo, hi)
+        gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_depthwise")
+        args = [x, L.const(np.ascontiguousarray(weight.reshape(o, kh, kw).astype(np.int32))), L.const(bias),
+                L.const(_requant_consts(op, o))]
+        return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(rt.shape, _np(rt)))
+    if g == 1 and xt.dtype == dt.u8 and L.amx:
+        from .amx import lower_qconv2d
+        return lower_qconv2d(L, op, x, weight, corr)
     if g == 1 and o % 16 == 0 and xt.dtype == dt.u8:
-        if L.amx:
-            from .amx import lower_qconv2d
-            return lower_qconv2d(L, op, x, weight, corr)
         return _qconv2d_dot4(L, op, x, weight, corr)
 
     def fn(X, W, Cr, M):
@@ -876,57 +894,13 @@ def _max_pool(L, op, x):
             all(pd < k for pd, k in zip(a["pads"], (kh, kw, kh, kw))):
         from tvm import relax
 
-        func = _max_pool_rows(xt.shape, op.result.type.shape, (kh, kw), a["strides"], a["pads"], _np(xt),
-                              xt.dtype.iinfo()[0])
+        from .rows import max_pool
+
+        func = max_pool(xt.shape, op.result.type.shape, (kh, kw), a["strides"], a["pads"], _np(xt),
+                        xt.dtype.iinfo()[0])
         gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_max_pool_int")
         return relax.call_tir(gv, relax.Tuple([x]), relax.TensorType(op.result.type.shape, _np(xt)))
     return L.R.nn.max_pool2d(x, a["kernel"], a["strides"], a["pads"], a["dilations"], ceil_mode=a["ceil_mode"])
-
-
-def _max_pool_rows(shape, out_shape, kernel, strides, pads, dtype: str, lowest: int):
-    """Integer max pooling, a row at a time: out-of-range rows are skipped, the columns whose window is inside
-    the row run as one strided vector, the border columns read clamped indices (with dilation 1 and pads
-    smaller than the kernel, every window holds a real pixel and the clamped one is in the window, so the max is
-    unchanged)."""
-    from tvm.script import tirx as T
-
-    n, c, h, w = shape
-    _, _, oh, ow = out_shape
-    (kh, kw), (sh, sw), (pt, pl) = kernel, strides, pads[:2]
-    x_lo = min(ow, (pl + sw - 1) // sw)  # first column whose window starts inside the row
-    x_hi = max(x_lo, min(ow, (w - kw + pl) // sw + 1))  # one past the last whose window ends inside it
-    inner = x_hi - x_lo
-
-    @T.prim_func(s_tir=True)
-    def func(X: T.Buffer((n, c, h, w), dtype), Y: T.Buffer((n, c, oh, ow), dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-        with T.sblock("root"):  # TVM checks the body of a one-input function for a reshape pattern
-            for row in T.parallel(n * c * oh):
-                acc = T.decl_buffer((ow,), dtype, scope="local")
-                for z in range(ow):
-                    acc[z] = T.Cast(dtype, lowest)
-                for r in range(kh):
-                    if row % oh * sh - pt + r >= 0 and row % oh * sh - pt + r < h:
-                        for q in range(kw):
-                            for zv in range(inner // 16):
-                                for z in T.vectorized(16):
-                                    acc[x_lo + zv * 16 + z] = T.max(acc[x_lo + zv * 16 + z], X[
-                                        row // (c * oh), row // oh % c, row % oh * sh - pt + r,
-                                        (x_lo + zv * 16 + z) * sw - pl + q])
-                            for z in range(inner % 16):
-                                acc[x_hi - inner % 16 + z] = T.max(acc[x_hi - inner % 16 + z], X[
-                                    row // (c * oh), row // oh % c, row % oh * sh - pt + r,
-                                    (x_hi - inner % 16 + z) * sw - pl + q])
-                            for z in range(x_lo):
-                                acc[z] = T.max(acc[z], X[row // (c * oh), row // oh % c, row % oh * sh - pt + r,
-                                                         T.max(T.min(z * sw - pl + q, w - 1), 0)])
-                            for z in range(ow - x_hi):
-                                acc[x_hi + z] = T.max(acc[x_hi + z], X[row // (c * oh), row // oh % c,
-                                                                       row % oh * sh - pt + r,
-                                                                       T.max(T.min((x_hi + z) * sw - pl + q, w - 1), 0)])
-                for z in T.vectorized(ow):
-                    Y[row // (c * oh), row // oh % c, row % oh, z] = acc[z]
-    return func
 
 
 @rule("avg_pool2d")
