@@ -98,7 +98,7 @@ def cmd_opt(args) -> int:
     return 0
 
 
-def _pipeline_arg(args) -> str:
+def _pipeline_arg(args, default: str = "O2") -> str:
     if args.pipeline is not None and args.preset is not None:
         raise LowbitError("give --pipeline or --preset, not both")
     if args.preset is not None:
@@ -107,7 +107,7 @@ def _pipeline_arg(args) -> str:
         if args.preset not in PRESETS:
             raise LowbitError(f"unknown preset '{args.preset}' (known: {', '.join(PRESETS)})")
         return args.preset
-    return args.pipeline if args.pipeline is not None else "O2"
+    return args.pipeline if args.pipeline is not None else default
 
 
 def cmd_compile(args) -> int:
@@ -122,6 +122,37 @@ def cmd_compile(args) -> int:
         print(format_report(art.manifest["quant_report"]))
     if sys.stderr.isatty():
         print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .export import to_onnx_qdq
+    from .passes import PassContext, parse_pipeline, run_pipeline
+
+    if args.model.endswith(".lbit"):
+        raise LowbitError(f"{args.model}: an artifact holds compiled code, not the graph; export from the model "
+                          "itself with the same --preset/--pipeline and --calib")
+    pipeline = parse_pipeline(_pipeline_arg(args, default="int8"))  # a bad pipeline fails before the import
+    graph = load_any(args.model, dict(args.shape or []))
+    calibration = None
+    if args.calib is not None:
+        from .quant.calibrate import load_samples
+
+        calibration = load_samples(args.calib, graph)
+    graph = run_pipeline(graph, pipeline, PassContext(calibration=calibration))
+    model = to_onnx_qdq(graph)
+    tmp = f"{args.output}.part{os.getpid()}"  # nothing half-written: write aside, then rename
+    try:
+        with open(tmp, "wb") as f:
+            f.write(model.SerializeToString())
+        os.replace(tmp, args.output)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise LowbitError(f"{args.output}: cannot write: {e.strerror}") from None
+    if sys.stderr.isatty():
+        print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, ONNX opset 20, QDQ)",
+              file=sys.stderr)
     return 0
 
 
@@ -291,6 +322,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
                    help="bind a symbolic input shape (repeatable)")
     c.set_defaults(func=cmd_compile)
+
+    e = sub.add_parser("export", help="write a model, after a pass pipeline, as an ONNX QDQ model",
+                       description="Import a model, run a pass pipeline (default: the int8 preset) and write the "
+                                   "result as an ONNX model in QDQ form that onnxruntime loads, to cross-check "
+                                   "lowbit's quantization.")
+    e.add_argument("model", help="an .onnx model (or lowbit IR text); not an artifact")
+    e.add_argument("--format", required=True, choices=["onnx-qdq"], help="the output format")
+    e.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    e.add_argument("--pipeline", help="pass pipeline text (default: the int8 preset)")
+    e.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8", "int8-dynamic")))
+    e.add_argument("--calib", metavar="DATA", help="calibration data for quantize (.npz or a directory of them)")
+    e.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
+                   help="bind a symbolic input shape (repeatable)")
+    e.set_defaults(func=cmd_export)
 
     r = sub.add_parser("run", help="run an artifact on inputs from an .npz file",
                        description="Run an artifact; npz keys are the model's input and output names.")

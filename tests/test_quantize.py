@@ -186,3 +186,43 @@ def test_report_per_layer_error_in_manifest_and_inspect(tmp_path):
     assert "quantization report" in run_cli("inspect", art, check_rc=0).stdout
     p = run_cli("compile", src, "-o", tmp_path / "x.lbit", "--preset", "int8", "--report")
     assert p.returncode == 1 and "give --calib" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_export_onnx_qdq_runs_in_onnxruntime_as_lowbit_computes_it(zoo_dir, tmp_path):
+    """`lowbit export --format onnx-qdq`: onnxruntime loads the QDQ model, fuses it back into its integer kernels
+    and computes what lowbit's interpreter computes for the quantized graph."""
+    import onnxruntime as ort
+
+    import zoo
+
+    name = "mobilenet_v3_like"  # convs, depthwise, hard-swish, squeeze-excitation, a quantized classifier
+    x = dict(np.load(zoo_dir / f"{name}.npz"))
+    rng = np.random.default_rng(3)
+    calib = {k: rng.normal(0, 1, (4,) + v.shape).astype(v.dtype) for k, v in x.items()}
+    np.savez(tmp_path / "calib.npz", **calib)
+    out = tmp_path / "q.onnx"
+    run_cli("export", zoo_dir / f"{name}.onnx", "--format", "onnx-qdq", "--calib", tmp_path / "calib.npz", "-o", out,
+            check_rc=0)
+    g = lowbit.load(zoo_dir / f"{name}.onnx")
+    q = lowbit.run_passes(g, "int8", PassContext(calibration=load_samples(tmp_path / "calib.npz", g)))
+    assert sum(op.opname == "qconv2d" for op in q.ops) > 5
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    np.testing.assert_allclose(got, lowbit.interpret(q, x)["logits"], rtol=1e-4, atol=1e-4)
+
+    # a transformer, dynamically quantized per tensor: DynamicQuantizeLinear + MatMulInteger
+    enc = ["--shape", "input_ids=1x128", "--shape", "attention_mask=1x128"]
+    run_cli("export", zoo_dir / "encoder.onnx", "--format", "onnx-qdq", "--pipeline",
+            "fuse,quantize{dynamic=true,per_row=false}", *enc, "-o", tmp_path / "d.onnx", check_rc=0)
+    xe = dict(np.load(zoo_dir / "encoder.npz"))
+    want = lowbit.interpret(lowbit.load(zoo_dir / "encoder.onnx", shapes=zoo.SHAPES["encoder"]), xe)
+    got = ort.InferenceSession(str(tmp_path / "d.onnx"), providers=["CPUExecutionProvider"]).run(None, xe)[0]
+    w = want["last_hidden_state"].ravel()
+    assert np.dot(w, got.ravel()) / (np.linalg.norm(w) * np.linalg.norm(got)) > 0.999
+
+    # what has no exact ONNX form is refused, and nothing is written
+    p = run_cli("export", zoo_dir / "encoder.onnx", "--format", "onnx-qdq", "--preset", "int8-dynamic", *enc,
+                "-o", tmp_path / "r.onnx")
+    assert p.returncode == 1 and "qmatmul_dynamic" in p.stderr and "per-row" in p.stderr
+    assert not (tmp_path / "r.onnx").exists()
+    p = run_cli("export", tmp_path / "x.lbit", "--format", "onnx-qdq", "-o", tmp_path / "r.onnx")
+    assert p.returncode == 1 and "artifact" in p.stderr and p.stderr.count("\n") == 1
