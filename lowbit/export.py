@@ -141,8 +141,8 @@ def to_onnx_qdq(graph: Graph):
             xq, xs, xz = w.fresh("xq"), w.fresh("x_scale"), w.fresh("x_zero_point")
             w.node("DynamicQuantizeLinear", [ins[0]], [xq, xs, xz])
             acc = w.node("MatMulInteger", [xq, ins[1], xz])
-            scale = w.node("Mul", [xs, w.init(np.broadcast_to(wq.type.quant.scale_array().astype(np.float32), (n,)).copy(),
-                                              "w_scale")])
+            ws = np.broadcast_to(wq.type.quant.scale_array().astype(np.float32), (n,)).copy()
+            scale = w.node("Mul", [xs, w.init(ws, "w_scale")])
             has_bias = len(op.operands) > 2
             y = w.node("Mul", [w.node("Cast", [acc], to=onnx.TensorProto.FLOAT), scale], None if has_bias else [out])
             if has_bias:
@@ -168,8 +168,8 @@ def to_onnx_qdq(graph: Graph):
         elif name == "transpose":
             w.node("Transpose", ins, [out], perm=list(a["perm"]))
         elif name == "slice":
-            w.node("Slice", [ins[0]] + [w.init(np.asarray(a[k], np.int64), k) for k in ("starts", "ends", "axes", "steps")],
-                   [out])
+            bounds = [w.init(np.asarray(a[k], np.int64), k) for k in ("starts", "ends", "axes", "steps")]
+            w.node("Slice", [ins[0]] + bounds, [out])
         elif name == "gather":
             w.node("Gather", ins, [out], axis=a["axis"])
         elif name == "concat":

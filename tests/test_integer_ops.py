@@ -92,7 +92,8 @@ def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, amx
 
 @pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
 @pytest.mark.parametrize("lead,k,n,relu,per_channel", [((1,), 32, 10, False, True), ((2, 5), 64, 48, True, True),
-                                                       ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True)])
+                                                       ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True),
+                                                       ((3, 20), 128, 40, False, True)])
 def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
     rng = np.random.default_rng(3)
     sw = tuple(map(float, rng.uniform(0.002, 0.01, n))) if per_channel else (0.004,)
@@ -200,3 +201,51 @@ def test_dynamic_quantization_of_the_encoder_tracks_fp32_and_onnxruntime(zoo_dir
     want = lowbit.interpret(g, x)["last_hidden_state"].ravel()
     for got in (build_and_run(q, x)["last_hidden_state"].ravel(), ortq.run(None, x)[0].ravel()):
         assert np.dot(want, got) / (np.linalg.norm(want) * np.linalg.norm(got)) > 0.999
+
+
+@pytest.mark.skipif(not _has_amx(), reason="this CPU has no AMX-INT8")
+def test_nhwc_integer_region_matches_the_reference():
+    """With AMX the integer region runs NHWC: AMX and depthwise convs write NHWC, integer max pooling and the
+    per-tensor residual add stay NHWC, and the result is transposed back once. The integer ops are exact; the
+    float residual add may round its sum once (a fused multiply-add) where the reference rounds twice."""
+    rng = np.random.default_rng(12)
+    g = Graph("nhwc")
+
+    def q(s, z):
+        return QuantParams((s,), (z,))
+
+    def conv(x, cin, cout, k, stride, pad, groups, relu, out_q, seed):
+        r = np.random.default_rng(seed)
+        w = g.const(r.integers(-127, 128, (cout, cin // groups, k, k)).astype(np.int8),
+                    type=TensorType((cout, cin // groups, k, k), dt.i8,
+                                    QuantParams(tuple(map(float, r.uniform(0.002, 0.01, cout))), (0,) * cout, 0)))
+        n, _, h, wd = x.type.shape
+        oh = (h + 2 * pad - k) // stride + 1
+        return g.create("qconv2d", [x, w, g.const(r.integers(-3000, 3000, cout).astype(np.int32))],
+                        {"strides": (stride, stride), "pads": (pad,) * 4, "groups": groups,
+                         "activation": "relu" if relu else "none"},
+                        [TensorType((n, cout, oh, oh), dt.u8, out_q)]).result
+
+    x = g.add_input("x", TensorType((1, 24, 13, 13), dt.u8, q(0.05, 120)))
+    a = conv(x, 24, 64, 1, 1, 0, 1, True, q(0.06, 0), 1)        # AMX, NCHW in -> NHWC out
+    b = conv(a, 64, 64, 3, 1, 1, 64, True, q(0.05, 0), 2)       # depthwise on NHWC
+    y1 = conv(b, 64, 32, 1, 1, 0, 1, False, q(0.08, 128), 3)    # 1x1 on NHWC rows, read in place (169 rows)
+    y2 = conv(a, 64, 32, 3, 1, 1, 1, False, q(0.07, 125), 4)    # AMX, NHWC in and out
+    f = conv(y2, 32, 48, 1, 1, 0, 1, True, q(0.09, 0), 6)       # 1x1 on rows padded to 64 channels
+    s = g.create("add", [g.create("dequantize", [y1]).result, g.create("dequantize", [y2]).result]).result
+    s = g.create("quantize", [g.create("relu", [s]).result], {}, [TensorType((1, 32, 13, 13), dt.u8, q(0.1, 0))]).result
+    p = g.create("max_pool2d", [s], {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)},
+                 [TensorType((1, 32, 7, 7), dt.u8, q(0.1, 0))]).result
+    d = conv(p, 32, 32, 3, 2, 1, 32, False, q(0.04, 100), 5)    # depthwise, stride 2
+    g.set_outputs([d, s], ["y", "sum"])
+    xs = {"x": rng.integers(0, 256, (1, 24, 13, 13)).astype(np.uint8)}
+    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
+    diff = np.abs(got["sum"].astype(np.int32) - want["sum"].astype(np.int32))
+    assert diff.max() <= 1 and np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
+    diff = np.abs(got["y"].astype(np.int32) - want["y"].astype(np.int32))  # downstream of those steps
+    assert np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
+    # the integer ops alone (no float add between them) are exact
+    g.set_outputs([y1, y2, b, f], ["y1", "y2", "b", "f"])
+    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
+    for k in ("y1", "y2", "b", "f"):
+        np.testing.assert_array_equal(got[k], want[k])

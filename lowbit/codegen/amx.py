@@ -54,8 +54,9 @@ class Plan:
 
 
 def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int, lo: int, hi: int,
-              out_dtype: str):
-    """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow].
+              out_dtype: str, nhwc: bool = False):
+    """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow], or
+    with ``nhwc`` (o a multiple of 16) Y [n, oh, ow, o], each pixel's channels stored straight from a tile row.
 
     Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
     from tvm.script import tirx as T
@@ -73,6 +74,8 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
     ID = T.llvm_lookup_intrinsic_id
 
+    out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
+
     def base(t):  # input element offset (times cp) of a 16-pixel tile's first pixel, tap (0, 0)
         return ((t // ohw * hp + t % ohw // owt * sh) * wp + t % owt * TILE_M * sw) * cp
 
@@ -82,7 +85,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     @T.prim_func
     def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
              CORR: T.Buffer((op_,), "int32"), MULT: T.Buffer((op_,), "float32"),
-             Y: T.Buffer((n, o, oh, ow), out_dtype)):
+             Y: T.Buffer(out_shape, out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
         W = T.decl_buffer((op_ // 16 * wstride_o,), "int8", data=WP.data)
@@ -109,8 +112,8 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tileloadd64", T.uint8(5), T.address_of(X[base(T.min(mb * 2 + 1, tiles - 1))
                                                                    + (r * dh * wp + s * dw) * cp + q * TILE_K]),
                          T.int64(lds))
-                    tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]),
-                         T.int64(64))
+                    tile("tileloadd64", T.uint8(6),
+                         T.address_of(W[nb * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
                     tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                     tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
                     if nb < nb2:  # a second 16-channel tile
@@ -123,29 +126,40 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                 tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
                 tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                 tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
-                for half, c in T.grid(2, 32):
-                    if (c < 16 or nb < nb2) and nb * 32 + c < o:
-                        for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
-                            row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                "float32", acc[(half * 16 + j) * 32 + c] + CORR[nb * 32 + c]) * MULT[nb * 32 + c]))
-                                + zy, hi), lo))
-                        if T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
-                            for j in T.vectorized(TILE_M):
-                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
-                                  T.min(mb * 2 + half, tiles - 1) % ohw // owt,
-                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
-                        else:
-                            for j in range(ow % TILE_M):
-                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
-                                  T.min(mb * 2 + half, tiles - 1) % ohw // owt,
-                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                if nhwc:
+                    for half, j, ct in T.grid(2, TILE_M, 2):
+                        if (ct == 0 or nb < nb2) and T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j < ow:
+                            for c in T.vectorized(16):  # one tile row: 16 channels of one pixel
+                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, T.min(mb * 2 + half, tiles - 1) % ohw // owt,
+                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j, nb * 32 + ct * 16 + c] = T.Cast(
+                                    out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                        "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
+                                        + CORR[nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
+                else:
+                    for half, c in T.grid(2, 32):
+                        if (c < 16 or nb < nb2) and nb * 32 + c < o:
+                            for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
+                                row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                    "float32", acc[(half * 16 + j) * 32 + c] + CORR[nb * 32 + c]) * MULT[nb * 32 + c]))
+                                    + zy, hi), lo))
+                            if T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
+                                for j in T.vectorized(TILE_M):
+                                    Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
+                                      T.min(mb * 2 + half, tiles - 1) % ohw // owt,
+                                      T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                            else:
+                                for j in range(ow % TILE_M):
+                                    Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
+                                      T.min(mb * 2 + half, tiles - 1) % ohw // owt,
+                                      T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
             tile("tilerelease")
     return func
 
 
-def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
-    """qconv2d (u8 input, groups 1) as an AMX kernel: the input padded with its
-    zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``."""
+def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool = False, y_nhwc: bool = False):
+    """qconv2d (u8 input, groups 1) as an AMX kernel: the input (NCHW, or NHWC with ``x_nhwc``) padded with its
+    zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``, whose
+    result is NCHW or, with ``y_nhwc``, NHWC."""
     from tvm import relax
 
     from .lower import _np, _requant_consts
@@ -166,22 +180,27 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray):
     te, tir = L.te, L.tir
 
     def nhwc(X):
-        return te.compute((n, p.hp, p.wp, p.cpix), lambda i, y, z, k: tir.if_then_else(
-            tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
-            X[i, tir.min(k, c - 1), y - pt, z - pl], tir.const(zx, "uint8")), name="pad_nhwc")
+        def at(i, y, z, k):
+            yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
+            return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
+                                    X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
+        return te.compute((n, p.hp, p.wp, p.cpix), at, name="pad_nhwc")
     xp = L.te_(nhwc, x, name="lowbit_amx_input")
-    func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt))
+    func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt), nhwc=y_nhwc)
     gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
     o16 = (o + 15) // 16 * 16
     args = [xp, L.const(p.pack_weights(weight)), L.const(np.pad(corr.astype(np.int32), (0, o16 - o))),
             L.const(np.pad(_requant_consts(op, o), (0, o16 - o)))]
-    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, o, oh, ow), _np(rt)))
+    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o) if y_nhwc else (n, o, oh, ow),
+                                                                  _np(rt)))
 
 
 def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_bias: bool, zy: int = 0,
                 lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False):
-    """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles; X holds ``mp`` rows of ``kp`` bytes (M and K padded
-    to 32 and 64, or the input itself when they already are), W is packed [N/16, kp/4, 16, 4].
+    """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles; X holds ``mp`` rows of ``kp`` bytes (a copy with K
+    padded to 64 and M to 32, or the input itself when K already is and M >= 32: the last 32-row block then
+    starts at M - 32, recomputing rows an earlier block stored, with the same values), W is packed
+    [N/16, kp/4, 16, 4].
 
     Static (``qmatmul``): args X, W, corr [N] i32, mult [N] f32 -> Y = requantized as ``conv_func``.
     Dynamic (``qmatmul_dynamic``): args X, W, zp i32, scale f32 ([1], or [M] ``per_row``), wsum [N] i32,
@@ -191,7 +210,9 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
 
     m = int(np.prod(shape_y[:-1]))
     rows, pr = (m, 1) if per_row else (1, 0)
-    nb2, nblocks, mblocks = nn // 32, (nn + 31) // 32, mp // 32
+    n16 = (nn + 15) // 16 * 16  # static: columns padded to whole tiles (weights 0, not stored)
+    nb216, nblocks16 = n16 // 32, (n16 + 31) // 32
+    nb2, nblocks, mblocks = nn // 32, (nn + 31) // 32, (m + 31) // 32
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
@@ -224,9 +245,10 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                     tile("tilezero", T.uint8(2))
                     tile("tilezero", T.uint8(3))
                     for q in range(kc):
-                        tile("tileloadd64", T.uint8(4), T.address_of(X[mb * 32 * kp + q * TILE_K]), T.int64(kp))
-                        tile("tileloadd64", T.uint8(5), T.address_of(X[(mb * 32 + 16) * kp + q * TILE_K]),
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(mb * 32, mp - 32) * kp + q * TILE_K]),
                              T.int64(kp))
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(mb * 32, mp - 32) + 16) * kp
+                                                                       + q * TILE_K]), T.int64(kp))
                         tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
                         tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                         tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
@@ -240,29 +262,29 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                     tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                     tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                     for i, ct in T.grid(32, 2):
-                        if mb * 32 + i < m and (ct == 0 or nb < nb2):
+                        if T.min(mb * 32, mp - 32) + i < m and (ct == 0 or nb < nb2):
                             for c in T.vectorized(16):
                                 if has_bias:
-                                    Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(
-                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(mb * 32 + i) * pr] * WS[
-                                            nb * 32 + ct * 16 + c]) * (SC[(mb * 32 + i) * pr] * S[
+                                    Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(
+                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(mb * 32, mp - 32) + i) * pr] * WS[
+                                            nb * 32 + ct * 16 + c]) * (SC[(T.min(mb * 32, mp - 32) + i) * pr] * S[
                                                 nb * 32 + ct * 16 + c]) + B[nb * 32 + ct * 16 + c]
                                 else:
-                                    Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(
-                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(mb * 32 + i) * pr] * WS[
-                                            nb * 32 + ct * 16 + c]) * (SC[(mb * 32 + i) * pr] * S[
+                                    Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(
+                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(mb * 32, mp - 32) + i) * pr] * WS[
+                                            nb * 32 + ct * 16 + c]) * (SC[(T.min(mb * 32, mp - 32) + i) * pr] * S[
                                                 nb * 32 + ct * 16 + c])
                 tile("tilerelease")
         return func
 
     @T.prim_func
-    def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((nn // 16, kp // 4, 16, 4), "int8"),
-             CORR: T.Buffer((nn,), "int32"), MULT: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, out_dtype)):
+    def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
+             CORR: T.Buffer((n16,), "int32"), MULT: T.Buffer((n16,), f32), YP: T.Buffer(shape_y, out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
-        W = T.decl_buffer((nn * kp,), "int8", data=WP.data)
+        W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
         Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
-        for nb in T.parallel(nblocks):
+        for nb in T.parallel(nblocks16):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
             for i in range(64):
@@ -278,12 +300,14 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                 tile("tilezero", T.uint8(2))
                 tile("tilezero", T.uint8(3))
                 for q in range(kc):
-                    tile("tileloadd64", T.uint8(4), T.address_of(X[mb * 32 * kp + q * TILE_K]), T.int64(kp))
-                    tile("tileloadd64", T.uint8(5), T.address_of(X[(mb * 32 + 16) * kp + q * TILE_K]), T.int64(kp))
+                    tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(mb * 32, mp - 32) * kp + q * TILE_K]),
+                         T.int64(kp))
+                    tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(mb * 32, mp - 32) + 16) * kp + q * TILE_K]),
+                         T.int64(kp))
                     tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
                     tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                     tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                    if nb < nb2:
+                    if nb < nb216:
                         tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * 16 * kp + q * 1024]),
                              T.int64(64))
                         tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
@@ -293,21 +317,28 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                 tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                 tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                 for i, ct in T.grid(32, 2):
-                    if mb * 32 + i < m and (ct == 0 or nb < nb2):
-                        for c in T.vectorized(16):
-                            Y[mb * 32 + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(T.Cast(
-                                "int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[nb * 32 + ct * 16 + c])
-                                                     * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
+                    if T.min(mb * 32, mp - 32) + i < m and (ct == 0 or nb < nb216):
+                        if nb * 32 + ct * 16 + 16 <= nn:
+                            for c in T.vectorized(16):
+                                Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
+                                    T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
+                                        nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
+                        else:  # the last, partial tile of columns
+                            for c in range(nn % 16):
+                                Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
+                                    T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
+                                        nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
             tile("tilerelease")
     return func
 
 
 def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
-    """[K, N] -> [N/16, kp/4, 16, 4] int8 (k past K weighs 0)."""
+    """[K, N] -> [N16/16, kp/4, 16, 4] int8, N16 = N padded to 16 (k past K and columns past N weigh 0)."""
     k, nn = w.shape
-    wp = np.zeros((kp, nn), np.int8)
-    wp[:k] = w
-    return np.ascontiguousarray(wp.reshape(kp // 4, 4, nn // 16, 16).transpose(2, 0, 3, 1))
+    n16 = (nn + 15) // 16 * 16
+    wp = np.zeros((kp, n16), np.int8)
+    wp[:k, :nn] = w
+    return np.ascontiguousarray(wp.reshape(kp // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
 
 
 def matmul_input(L, x, shape, mp: int, kp: int, zero: int):
@@ -377,8 +408,9 @@ def dynamic_rows_func(shape_x, m: int, k: int, mp: int, kp: int):
                             Q[r, c * 16 + j] = T.Cast("uint8", T.max(T.min(T.Cast("int32", T.nearbyint(
                                 X[r, c * 16 + j] / par[0])) + T.Cast("int32", par[1]), 255), 0))
                     for j in range(kp - kv):
-                        Q[r, kv + j] = T.if_then_else(kv + j < k, T.Cast("uint8", T.max(T.min(T.Cast("int32", T.nearbyint(
-                            X[r, T.min(kv + j, k - 1)] / par[0])) + T.Cast("int32", par[1]), 255), 0)), T.uint8(0))
+                        Q[r, kv + j] = T.if_then_else(kv + j < k, T.Cast("uint8", T.max(T.min(T.Cast(
+                            "int32", T.nearbyint(X[r, T.min(kv + j, k - 1)] / par[0])) + T.Cast("int32", par[1]),
+                            255), 0)), T.uint8(0))
                 else:
                     for j in range(kp):
                         Q[r, j] = T.uint8(0)

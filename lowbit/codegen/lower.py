@@ -504,14 +504,14 @@ def _qmatmul(L, op, x, w, b=None):
         corr = corr + op.operands[2].const_value.astype(np.int64)
     shape = op.result.type.shape
     te = L.te
-    if L.amx and xt.dtype == dt.u8 and nn % 16 == 0:
+    if L.amx and xt.dtype == dt.u8:
         from tvm import relax
 
         from . import amx
 
         rt = op.result.type
         m = int(np.prod(xt.shape[:-1]))
-        mp, kp = -(-m // 32) * 32, -(-k // 64) * 64
+        mp, kp = max(m, 32), -(-k // 64) * 64  # rows padded only below 32
         xr, shape_x = amx.matmul_input(L, x, xt.shape, mp, kp, zx)
         lo, hi = rt.dtype.iinfo()
         zy = int(rt.quant.zero_point[0])
@@ -519,8 +519,10 @@ def _qmatmul(L, op, x, w, b=None):
             lo = max(lo, zy)
         func = amx.matmul_func(shape_x, shape, mp, kp, nn, False, False, zy, lo, hi, _np(rt))
         gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qmatmul_amx")
-        args = [xr, L.const(amx.pack_matmul_weights(weight.astype(np.int8), kp)), L.const(corr.astype(np.int32)),
-                L.const(_requant_consts(op, nn))]
+        n16 = -(-nn // 16) * 16
+        args = [xr, L.const(amx.pack_matmul_weights(weight.astype(np.int8), kp)),
+                L.const(np.pad(corr.astype(np.int32), (0, n16 - nn))),
+                L.const(np.pad(_requant_consts(op, nn), (0, n16 - nn)))]
         return relax.call_tir(gv, relax.Tuple(args), relax.TensorType(shape, _np(rt)))
 
     def fn(X, W, Cr, M):
@@ -943,6 +945,101 @@ def _ident(name: str, used: set) -> str:
     return n
 
 
+# -- NHWC integer regions (with AMX) ------------------------------------------------------------------------------
+_NHWC_ELEMENTWISE = {"quantize", "dequantize", "add", "sub", "mul", "max", "min", "relu", "clip"}
+
+
+def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
+    """The op computed on NHWC values (the result NHWC too), or None to lower it as usual. AMX and depthwise
+    integer convolutions always write NHWC (a pixel's channels are a tile row); integer max pooling and per-tensor
+    elementwise ops stay NHWC when an input already is. Any other consumer gets NCHW back from ``get``."""
+    from tvm import relax
+
+    name = op.opname
+    rt = op.result.type
+    if rt.rank != 4:
+        return None
+    if name == "qconv2d":
+        a = op.attrs
+        xt = op.operands[0].type
+        n, c, h, wd = xt.shape
+        weight = op.operands[1].const_value.astype(np.int32)
+        o, _, kh, kw = weight.shape
+        if a["groups"] == 1 and (xt.dtype != dt.u8 or o % 16):
+            return None
+        zx = int(xt.quant.zero_point[0])
+        x_nhwc = op.operands[0] in nenv
+        x = get_nhwc(op.operands[0]) if x_nhwc else get(op.operands[0])
+        bias = op.operands[2].const_value.astype(np.int64) if len(op.operands) > 2 else np.zeros(o, np.int64)
+        if a["groups"] == 1:
+            from . import amx
+
+            corr = -zx * weight.reshape(o, -1).sum(axis=1) + bias
+            _, _, oh, ow = rt.shape
+            if x_nhwc and (kh, kw) == (1, 1) and tuple(a["strides"]) == (1, 1) and not any(a["pads"]):
+                # a 1x1 conv of NHWC pixels is a matmul of their rows: no padded copy when C is a multiple of 64
+                m, kp = n * h * wd, -(-c // 64) * 64
+                mp = max(m, 32)
+                xr, shape_x = amx.matmul_input(L, x, (n, h, wd, c), mp, kp, zx)
+                lo, hi = rt.dtype.iinfo()
+                zy = int(rt.quant.zero_point[0])
+                if a["activation"] == "relu":
+                    lo = max(lo, zy)
+                func = amx.matmul_func(shape_x, (n, oh, ow, o), mp, kp, o, False, False, zy, lo, hi, _np(rt))
+                gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_1x1_amx")
+                args = [xr, L.const(amx.pack_matmul_weights(weight.reshape(o, c).T.astype(np.int8), kp)),
+                        L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o))]
+                return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
+            return amx.lower_qconv2d(L, op, x, weight, corr, x_nhwc=x_nhwc, y_nhwc=True)
+        if a["groups"] == c == o and x_nhwc:
+            from .rows import depthwise_conv_nhwc
+
+            lo, hi = rt.dtype.iinfo()
+            zy = int(rt.quant.zero_point[0])
+            if a["activation"] == "relu":
+                lo = max(lo, zy)
+            _, _, oh, ow = rt.shape
+            func = depthwise_conv_nhwc((n, h, wd, c), (n, oh, ow, o), (kh, kw), a["strides"], a["pads"],
+                                       a["dilations"], _np(xt), zx, _np(rt), zy, lo, hi)
+            gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_depthwise_nhwc")
+            args = [x, L.const(np.ascontiguousarray(weight.reshape(o, kh, kw).transpose(1, 2, 0))),
+                    L.const(bias.astype(np.int32)), L.const(_requant_consts(op, o))]
+            return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
+        return None
+    if op.operands[0] not in nenv:
+        return None
+    nhwc_shape = (rt.shape[0], rt.shape[2], rt.shape[3], rt.shape[1])
+    if name == "max_pool2d" and rt.dtype.is_integer and not op.attrs["ceil_mode"]:
+        from .rows import max_pool_nhwc
+
+        a = op.attrs
+        xt = op.operands[0].type
+        n, c, h, wd = xt.shape
+        func = max_pool_nhwc((n, h, wd, c), nhwc_shape, a["kernel"], a["strides"], a["pads"], a["dilations"],
+                             _np(xt), xt.dtype.iinfo()[0])
+        gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_max_pool_nhwc")
+        return relax.call_tir(gv, relax.Tuple([get_nhwc(op.operands[0])]), relax.TensorType(nhwc_shape, _np(rt)))
+    if name not in _NHWC_ELEMENTWISE:
+        return None
+    args = []
+    for v in op.operands:
+        if v.type.shape == rt.shape:
+            args.append(get_nhwc(v))
+        elif v.type.size == 1 and v.is_const:
+            args.append(L.const(v.const_value.reshape(())))
+        else:
+            return None
+        if v.type.quant is not None and v.type.quant.axis is not None:
+            return None
+    if rt.quant is not None and rt.quant.axis is not None:
+        return None
+    if name == "quantize":
+        from ..ir.types import TensorType
+
+        return _quantize_expr(L, args[0], TensorType(nhwc_shape, rt.dtype, rt.quant))
+    return RULES[name](L, op, *args)
+
+
 def check_lowerable(graph: Graph) -> None:
     """Refuse, before any TVM work, ops and dtypes the code generator does not implement."""
     problems = []
@@ -1022,11 +1119,20 @@ def to_relax(graph: Graph, blocked_layout: bool = False, amx: bool = False):
     L = Lowerer(bb, amx)
     plan = layout.plan(graph) if blocked_layout else {}
 
+    nenv: dict = {}  # NHWC layout (integer regions on AMX): value -> expr
+
     def get(v):
+        if v not in env and v in nenv:  # only the NHWC form exists: back to NCHW once, where an op needs it
+            env[v] = L.emit(L.R.permute_dims(nenv[v], [0, 3, 1, 2]))
         if v not in env:  # only the blocked form exists: unblock once, where a plain-layout op first needs it
             xb, cb = benv[v]
             env[v] = L.emit(layout.from_blocked(L, xb, v.type.shape, cb))
         return env[v]
+
+    def get_nhwc(v):
+        if v not in nenv:
+            nenv[v] = L.emit(L.R.permute_dims(get(v), [0, 2, 3, 1]))
+        return nenv[v]
 
     def get_blocked(v, cb):
         if v not in benv or benv[v][1] != cb:
@@ -1044,6 +1150,11 @@ def to_relax(graph: Graph, blocked_layout: bool = False, amx: bool = False):
                         cb = plan[id(op.result)]
                         benv[op.result] = (L.emit(_lower_blocked(L, op, cb, plan, get, get_blocked)), cb)
                         continue
+                    if amx and len(op.results) == 1:
+                        r = _lower_nhwc(L, op, nenv, get, get_nhwc)
+                        if r is not None:
+                            nenv[op.result] = L.emit(r)
+                            continue
                     res = RULES[op.opname](L, op, *[get(v) for v in op.operands])
                 except LowbitError:
                     raise

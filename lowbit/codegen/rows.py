@@ -1,7 +1,8 @@
 """Integer kernels that walk an NCHW tensor one output row at a time (hand-written TIR): max pooling and
 depthwise convolution on quantized values. Rows run in parallel; inside a row the columns whose window lies
-inside the input run as strided vectors (16 wide, and one of the rest) and only the border columns test their taps, so no padded copy
-of the input is made and no lane computes an address apart."""
+inside the input run as strided vectors (16 wide, and one of the rest) and only the border columns test their
+taps, so no padded copy of the input is made and no lane computes an address apart. On NHWC values (the AMX
+integer regions) they work a pixel at a time over channel vectors."""
 from __future__ import annotations
 
 
@@ -49,9 +50,9 @@ def max_pool(shape, out_shape, kernel, strides, pads, dtype: str, lowest: int):
                                 acc[z] = T.max(acc[z], X[row // (c * oh), row // oh % c, row % oh * sh - pt + r,
                                                          T.max(T.min(z * sw - pl + q, w - 1), 0)])
                             for z in range(ow - x_hi):
-                                acc[x_hi + z] = T.max(acc[x_hi + z], X[row // (c * oh), row // oh % c,
-                                                                       row % oh * sh - pt + r,
-                                                                       T.max(T.min((x_hi + z) * sw - pl + q, w - 1), 0)])
+                                acc[x_hi + z] = T.max(acc[x_hi + z], X[
+                                    row // (c * oh), row // oh % c, row % oh * sh - pt + r,
+                                    T.max(T.min((x_hi + z) * sw - pl + q, w - 1), 0)])
                 for z in T.vectorized(ow):
                     Y[row // (c * oh), row // oh % c, row % oh, z] = acc[z]
     return func
@@ -158,4 +159,78 @@ def depthwise_conv_planes(shape, out_shape, kernel, strides, pads, dilations, in
                 for x in T.vectorized(ow):
                     Y[plane // c, plane % c, y, x] = T.Cast(out_dtype, T.max(T.min(T.Cast(i32, T.nearbyint(
                         T.Cast(f32, acc[y * wp + x]) * M[plane % c])) + zy, hi), lo))
+    return func
+
+
+def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_dtype: str, zx: int,
+                        out_dtype: str, zy: int, lo: int, hi: int):
+    """``depthwise_conv`` on NHWC values: a pixel at a time, every tap inside the input adds (x - zx) * w over
+    the channels as 16-wide vectors (a pixel's channels are contiguous). Args X [n, h, w, c], W [kh, kw, c] i32,
+    bias [c] i32, m [c] f32 -> Y [n, oh, ow, c]."""
+    from tvm.script import tirx as T
+
+    n, h, w, c = shape
+    _, oh, ow, _ = out_shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
+    i32, f32 = "int32", "float32"
+
+    @T.prim_func
+    def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, c), i32), B: T.Buffer((c,), i32),
+             M: T.Buffer((c,), f32), Y: T.Buffer((n, oh, ow, c), out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        for row in T.parallel(n * oh):
+            acc = T.decl_buffer((16,), i32, scope="local")
+            for x in range(ow):
+                # a channel vector at a time through every tap: its accumulator stays in a register
+                for kv in range((c + 15) // 16):
+                    for k in T.vectorized(16):
+                        acc[k] = B[T.min(kv * 16 + k, c - 1)]
+                    for r, q in T.grid(kh, kw):
+                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
+                                x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
+                            for k in T.vectorized(16):
+                                acc[k] = acc[k] + (T.Cast(i32, X[row // oh, row % oh * sh - pt + r * dh,
+                                                                 x * sw - pl + q * dw, T.min(kv * 16 + k, c - 1)])
+                                                   - zx) * W[r, q, T.min(kv * 16 + k, c - 1)]
+                    if kv * 16 + 16 <= c:
+                        for k in T.vectorized(16):
+                            Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
+                                i32, T.nearbyint(T.Cast(f32, acc[k]) * M[kv * 16 + k])) + zy, hi), lo))
+                    else:
+                        for k in range(c % 16):
+                            Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
+                                i32, T.nearbyint(T.Cast(f32, acc[k]) * M[kv * 16 + k])) + zy, hi), lo))
+    return func
+
+
+def max_pool_nhwc(shape, out_shape, kernel, strides, pads, dilations, dtype: str, lowest: int):
+    """Integer max pooling on NHWC values: a pixel at a time over channel vectors; taps outside the input are
+    skipped (the padding is the lowest value)."""
+    from tvm.script import tirx as T
+
+    n, h, w, c = shape
+    _, oh, ow, _ = out_shape
+    (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
+
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((n, h, w, c), dtype), Y: T.Buffer((n, oh, ow, c), dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        with T.sblock("root"):  # TVM checks the body of a one-input function for a reshape pattern
+            for row in T.parallel(n * oh):
+                acc = T.decl_buffer((c,), dtype, scope="local")
+                for x in range(ow):
+                    for k in range(c):
+                        acc[k] = T.Cast(dtype, lowest)
+                    for r, q in T.grid(kh, kw):
+                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
+                                x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
+                            for kv in range(c // 16):
+                                for k in T.vectorized(16):
+                                    acc[kv * 16 + k] = T.max(acc[kv * 16 + k], X[
+                                        row // oh, row % oh * sh - pt + r * dh, x * sw - pl + q * dw, kv * 16 + k])
+                            for k in range(c % 16):
+                                acc[c // 16 * 16 + k] = T.max(acc[c // 16 * 16 + k], X[
+                                    row // oh, row % oh * sh - pt + r * dh, x * sw - pl + q * dw, c // 16 * 16 + k])
+                    for k in range(c):
+                        Y[row // oh, row % oh, x, k] = acc[k]
     return func
