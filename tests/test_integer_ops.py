@@ -231,7 +231,9 @@ def test_nhwc_integer_region_matches_the_reference():
     b = conv(a, 64, 64, 3, 1, 1, 64, True, q(0.05, 0), 2)       # depthwise on NHWC
     y1 = conv(b, 64, 32, 1, 1, 0, 1, False, q(0.08, 128), 3)    # 1x1 on NHWC rows, read in place (169 rows)
     y2 = conv(a, 64, 32, 3, 1, 1, 1, False, q(0.07, 125), 4)    # AMX, NHWC in and out
-    f = conv(y2, 32, 48, 1, 1, 0, 1, True, q(0.09, 0), 6)       # 1x1 on rows padded to 64 channels
+    f = conv(y2, 32, 24, 1, 1, 0, 1, True, q(0.09, 0), 6)       # 1x1 on rows padded to 64 channels, 24 out
+    f = conv(f, 24, 40, 3, 2, 1, 1, False, q(0.05, 7), 7)       # AMX on NHWC, 40 channels out (a partial tile)
+    f = conv(f, 40, 40, 3, 1, 1, 40, True, q(0.04, 0), 8)       # depthwise NHWC: 2 vectors and 8 channels
     s = g.create("add", [g.create("dequantize", [y1]).result, g.create("dequantize", [y2]).result]).result
     s = g.create("quantize", [g.create("relu", [s]).result], {}, [TensorType((1, 32, 13, 13), dt.u8, q(0.1, 0))]).result
     p = g.create("max_pool2d", [s], {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)},

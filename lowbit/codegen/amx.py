@@ -14,6 +14,15 @@ import numpy as np
 TILE_M, TILE_N, TILE_K = 16, 16, 64  # pixels, output channels, input channels (bytes) per tile
 
 
+def _row_groups(mblocks: int, nblocks: int, tasks: int = 16) -> tuple[int, int]:
+    """Split the row blocks into groups so that (channel block, row group) pairs make about ``tasks`` parallel
+    tasks: channel blocks alone are too few for narrow layers (a 32-channel stem is one). A task keeps its
+    weight slice hot across its row blocks."""
+    groups = max(1, min(mblocks, -(-tasks // nblocks)))
+    size = -(-mblocks // groups)
+    return -(-mblocks // size), size
+
+
 class Plan:
     """How a convolution's input is laid out for the kernel: ``cpix`` bytes per padded NHWC pixel, ``kc`` 64-byte
     chunks per tap, ``taps_w`` taps walked along the width. A narrow input (``fold``: 4-padded channels x kernel
@@ -56,7 +65,7 @@ class Plan:
 def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int, lo: int, hi: int,
               out_dtype: str, nhwc: bool = False):
     """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow], or
-    with ``nhwc`` (o a multiple of 16) Y [n, oh, ow, o], each pixel's channels stored straight from a tile row.
+    with ``nhwc`` Y [n, oh, ow, o], each pixel's channels stored straight from a tile row.
 
     Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
     from tvm.script import tirx as T
@@ -69,7 +78,14 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     nblocks = (op_ + 31) // 32
     tiles = n * oh * owt
     mblocks = (tiles + 1) // 2
+    mgroups, gsize = _row_groups(mblocks, nblocks)
     ohw = oh * owt
+
+    def cb(task):  # a parallel task's block of 32 output channels
+        return task % nblocks
+
+    def rb(task, i):  # its i-th block of 32 output pixels (a pair of 16-pixel tiles)
+        return task // nblocks * gsize + i
     lds = sw * cp  # bytes between consecutive output pixels' input rows
     wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
     ID = T.llvm_lookup_intrinsic_id
@@ -89,7 +105,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
         W = T.decl_buffer((op_ // 16 * wstride_o,), "int8", data=WP.data)
-        for nb in T.parallel(nblocks):
+        for task in T.parallel(nblocks * mgroups):  # (channel block, row group) pairs
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
             row = T.decl_buffer((TILE_M,), out_dtype, scope="local")
@@ -100,58 +116,72 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                 cfg[16 + i * 2] = T.uint8(64)
                 cfg[48 + i] = T.uint8(16)
             tile("ldtilecfg", T.address_of(cfg[0]))
-            for mb in range(mblocks):
-                tile("tilezero", T.uint8(0))
-                tile("tilezero", T.uint8(1))
-                tile("tilezero", T.uint8(2))
-                tile("tilezero", T.uint8(3))
-                for r, s, q in T.grid(kh, kw, kc):
-                    # the second tile of an odd last pair repeats the first (same values, stored twice)
-                    tile("tileloadd64", T.uint8(4), T.address_of(X[base(mb * 2) + (r * dh * wp + s * dw) * cp
-                                                                   + q * TILE_K]), T.int64(lds))
-                    tile("tileloadd64", T.uint8(5), T.address_of(X[base(T.min(mb * 2 + 1, tiles - 1))
-                                                                   + (r * dh * wp + s * dw) * cp + q * TILE_K]),
-                         T.int64(lds))
-                    tile("tileloadd64", T.uint8(6),
-                         T.address_of(W[nb * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
-                    tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                    tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                    if nb < nb2:  # a second 16-channel tile
-                        tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * wstride_o
-                                                                       + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
-                        tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                        tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
-                # acc[m][c]: m in 0..31 (the pair's first tile's pixels, then the second's), c in 0..31
-                tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
-                tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-                tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-                tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
-                if nhwc:
-                    for half, j, ct in T.grid(2, TILE_M, 2):
-                        if (ct == 0 or nb < nb2) and T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j < ow:
-                            for c in T.vectorized(16):  # one tile row: 16 channels of one pixel
-                                Y[T.min(mb * 2 + half, tiles - 1) // ohw, T.min(mb * 2 + half, tiles - 1) % ohw // owt,
-                                  T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j, nb * 32 + ct * 16 + c] = T.Cast(
-                                    out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                        "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
-                                        + CORR[nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
-                else:
-                    for half, c in T.grid(2, 32):
-                        if (c < 16 or nb < nb2) and nb * 32 + c < o:
-                            for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
-                                row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                    "float32", acc[(half * 16 + j) * 32 + c] + CORR[nb * 32 + c]) * MULT[nb * 32 + c]))
-                                    + zy, hi), lo))
-                            if T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
-                                for j in T.vectorized(TILE_M):
-                                    Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
-                                      T.min(mb * 2 + half, tiles - 1) % ohw // owt,
-                                      T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
-                            else:
-                                for j in range(ow % TILE_M):
-                                    Y[T.min(mb * 2 + half, tiles - 1) // ohw, nb * 32 + c,
-                                      T.min(mb * 2 + half, tiles - 1) % ohw // owt,
-                                      T.min(mb * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+            for mi in range(gsize):
+                if rb(task, mi) < mblocks:
+                    tile("tilezero", T.uint8(0))
+                    tile("tilezero", T.uint8(1))
+                    tile("tilezero", T.uint8(2))
+                    tile("tilezero", T.uint8(3))
+                    for r, s, q in T.grid(kh, kw, kc):
+                        # the second tile of an odd last pair repeats the first (same values, stored twice)
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[base(rb(task, mi) * 2) + (r * dh * wp + s * dw) * cp
+                                                                       + q * TILE_K]), T.int64(lds))
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[base(T.min(rb(task, mi) * 2 + 1, tiles - 1))
+                                                                       + (r * dh * wp + s * dw) * cp + q * TILE_K]),
+                             T.int64(lds))
+                        tile("tileloadd64", T.uint8(6),
+                             T.address_of(W[cb(task) * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
+                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                        if cb(task) < nb2:  # a second 16-channel tile
+                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * wstride_o
+                                                                           + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
+                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                    # acc[m][c]: m in 0..31 (the pair's first tile's pixels, then the second's), c in 0..31
+                    tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                    tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                    tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                    tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                    if nhwc:
+                        for half, j, ct in T.grid(2, TILE_M, 2):
+                            if (ct == 0 or cb(task) < nb2) and T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j < ow:
+                                # one tile row: 16 channels of one pixel (a last partial tile channel by channel)
+                                if cb(task) * 32 + ct * 16 + 16 <= o:
+                                    for c in T.vectorized(16):
+                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                                "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
+                                                + CORR[cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi),
+                                            lo))
+                                else:
+                                    for c in range(o % 16):
+                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                                "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
+                                                + CORR[cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi),
+                                            lo))
+                    else:
+                        for half, c in T.grid(2, 32):
+                            if (c < 16 or cb(task) < nb2) and cb(task) * 32 + c < o:
+                                for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
+                                    row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
+                                        "float32", acc[(half * 16 + j) * 32 + c] + CORR[cb(task) * 32 + c]) * MULT[cb(task) * 32 + c]))
+                                        + zy, hi), lo))
+                                if T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
+                                    for j in T.vectorized(TILE_M):
+                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw, cb(task) * 32 + c,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                                else:
+                                    for j in range(ow % TILE_M):
+                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw, cb(task) * 32 + c,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
+                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
             tile("tilerelease")
     return func
 
@@ -213,6 +243,15 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     n16 = (nn + 15) // 16 * 16  # static: columns padded to whole tiles (weights 0, not stored)
     nb216, nblocks16 = n16 // 32, (n16 + 31) // 32
     nb2, nblocks, mblocks = nn // 32, (nn + 31) // 32, (m + 31) // 32
+    nbt = nblocks if dynamic else nblocks16
+    mgroups, gsize = _row_groups(mblocks, nbt)
+
+    def cb(task):  # a parallel task's block of 32 output columns
+        return task % nbt
+
+    def rb(task, i):  # its i-th block of 32 rows
+        return task // nbt * gsize + i
+
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
@@ -229,7 +268,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
             W = T.decl_buffer((nn * kp,), "int8", data=WP.data)
             Y = T.decl_buffer((m, nn), f32, data=YP.data)
-            for nb in T.parallel(nblocks):
+            for task in T.parallel(nbt * mgroups):  # (channel block, row group) pairs
                 cfg = T.decl_buffer((64,), "uint8", scope="local")
                 acc = T.decl_buffer((32 * 32,), "int32", scope="local")
                 for i in range(64):
@@ -239,41 +278,42 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                     cfg[16 + i * 2] = T.uint8(64)
                     cfg[48 + i] = T.uint8(16)
                 tile("ldtilecfg", T.address_of(cfg[0]))
-                for mb in range(mblocks):
-                    tile("tilezero", T.uint8(0))
-                    tile("tilezero", T.uint8(1))
-                    tile("tilezero", T.uint8(2))
-                    tile("tilezero", T.uint8(3))
-                    for q in range(kc):
-                        tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(mb * 32, mp - 32) * kp + q * TILE_K]),
-                             T.int64(kp))
-                        tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(mb * 32, mp - 32) + 16) * kp
-                                                                       + q * TILE_K]), T.int64(kp))
-                        tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
-                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                        if nb < nb2:
-                            tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * 16 * kp + q * 1024]),
-                                 T.int64(64))
-                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
-                    tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
-                    tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-                    tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-                    tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
-                    for i, ct in T.grid(32, 2):
-                        if T.min(mb * 32, mp - 32) + i < m and (ct == 0 or nb < nb2):
-                            for c in T.vectorized(16):
-                                if has_bias:
-                                    Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(
-                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(mb * 32, mp - 32) + i) * pr] * WS[
-                                            nb * 32 + ct * 16 + c]) * (SC[(T.min(mb * 32, mp - 32) + i) * pr] * S[
-                                                nb * 32 + ct * 16 + c]) + B[nb * 32 + ct * 16 + c]
-                                else:
-                                    Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(
-                                        f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(mb * 32, mp - 32) + i) * pr] * WS[
-                                            nb * 32 + ct * 16 + c]) * (SC[(T.min(mb * 32, mp - 32) + i) * pr] * S[
-                                                nb * 32 + ct * 16 + c])
+                for mi in range(gsize):
+                    if rb(task, mi) < mblocks:
+                        tile("tilezero", T.uint8(0))
+                        tile("tilezero", T.uint8(1))
+                        tile("tilezero", T.uint8(2))
+                        tile("tilezero", T.uint8(3))
+                        for q in range(kc):
+                            tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(rb(task, mi) * 32, mp - 32) * kp + q * TILE_K]),
+                                 T.int64(kp))
+                            tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(rb(task, mi) * 32, mp - 32) + 16) * kp
+                                                                           + q * TILE_K]), T.int64(kp))
+                            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 2 * 16 * kp + q * 1024]), T.int64(64))
+                            tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                            tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                            if cb(task) < nb2:
+                                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * 16 * kp + q * 1024]),
+                                     T.int64(64))
+                                tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                                tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                        tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                        tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                        tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                        tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                        for i, ct in T.grid(32, 2):
+                            if T.min(rb(task, mi) * 32, mp - 32) + i < m and (ct == 0 or cb(task) < nb2):
+                                for c in T.vectorized(16):
+                                    if has_bias:
+                                        Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * WS[
+                                                cb(task) * 32 + ct * 16 + c]) * (SC[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * S[
+                                                    cb(task) * 32 + ct * 16 + c]) + B[cb(task) * 32 + ct * 16 + c]
+                                    else:
+                                        Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * WS[
+                                                cb(task) * 32 + ct * 16 + c]) * (SC[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * S[
+                                                    cb(task) * 32 + ct * 16 + c])
                 tile("tilerelease")
         return func
 
@@ -284,7 +324,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
         W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
         Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
-        for nb in T.parallel(nblocks16):
+        for task in T.parallel(nbt * mgroups):  # (channel block, row group) pairs
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
             for i in range(64):
@@ -294,40 +334,41 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                 cfg[16 + i * 2] = T.uint8(64)
                 cfg[48 + i] = T.uint8(16)
             tile("ldtilecfg", T.address_of(cfg[0]))
-            for mb in range(mblocks):
-                tile("tilezero", T.uint8(0))
-                tile("tilezero", T.uint8(1))
-                tile("tilezero", T.uint8(2))
-                tile("tilezero", T.uint8(3))
-                for q in range(kc):
-                    tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(mb * 32, mp - 32) * kp + q * TILE_K]),
-                         T.int64(kp))
-                    tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(mb * 32, mp - 32) + 16) * kp + q * TILE_K]),
-                         T.int64(kp))
-                    tile("tileloadd64", T.uint8(6), T.address_of(W[nb * 2 * 16 * kp + q * 1024]), T.int64(64))
-                    tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                    tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                    if nb < nb216:
-                        tile("tileloadd64", T.uint8(7), T.address_of(W[(nb * 2 + 1) * 16 * kp + q * 1024]),
-                             T.int64(64))
-                        tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                        tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
-                tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
-                tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-                tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-                tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
-                for i, ct in T.grid(32, 2):
-                    if T.min(mb * 32, mp - 32) + i < m and (ct == 0 or nb < nb216):
-                        if nb * 32 + ct * 16 + 16 <= nn:
-                            for c in T.vectorized(16):
-                                Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
-                                    T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
-                                        nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
-                        else:  # the last, partial tile of columns
-                            for c in range(nn % 16):
-                                Y[T.min(mb * 32, mp - 32) + i, nb * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
-                                    T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
-                                        nb * 32 + ct * 16 + c]) * MULT[nb * 32 + ct * 16 + c])) + zy, hi), lo))
+            for mi in range(gsize):
+                if rb(task, mi) < mblocks:
+                    tile("tilezero", T.uint8(0))
+                    tile("tilezero", T.uint8(1))
+                    tile("tilezero", T.uint8(2))
+                    tile("tilezero", T.uint8(3))
+                    for q in range(kc):
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(rb(task, mi) * 32, mp - 32) * kp + q * TILE_K]),
+                             T.int64(kp))
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(rb(task, mi) * 32, mp - 32) + 16) * kp + q * TILE_K]),
+                             T.int64(kp))
+                        tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 2 * 16 * kp + q * 1024]), T.int64(64))
+                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                        if cb(task) < nb216:
+                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * 16 * kp + q * 1024]),
+                                 T.int64(64))
+                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                    tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+                    tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+                    tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+                    tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                    for i, ct in T.grid(32, 2):
+                        if T.min(rb(task, mi) * 32, mp - 32) + i < m and (ct == 0 or cb(task) < nb216):
+                            if cb(task) * 32 + ct * 16 + 16 <= nn:
+                                for c in T.vectorized(16):
+                                    Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
+                                        T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
+                                            cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi), lo))
+                            else:  # the last, partial tile of columns
+                                for c in range(nn % 16):
+                                    Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
+                                        T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
+                                            cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi), lo))
             tile("tilerelease")
     return func
 

@@ -965,7 +965,7 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
         n, c, h, wd = xt.shape
         weight = op.operands[1].const_value.astype(np.int32)
         o, _, kh, kw = weight.shape
-        if a["groups"] == 1 and (xt.dtype != dt.u8 or o % 16):
+        if a["groups"] == 1 and xt.dtype != dt.u8:
             return None
         zx = int(xt.quant.zero_point[0])
         x_nhwc = op.operands[0] in nenv
@@ -987,11 +987,13 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
                     lo = max(lo, zy)
                 func = amx.matmul_func(shape_x, (n, oh, ow, o), mp, kp, o, False, False, zy, lo, hi, _np(rt))
                 gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_1x1_amx")
+                o16 = -(-o // 16) * 16
                 args = [xr, L.const(amx.pack_matmul_weights(weight.reshape(o, c).T.astype(np.int8), kp)),
-                        L.const(corr.astype(np.int32)), L.const(_requant_consts(op, o))]
+                        L.const(np.pad(corr.astype(np.int32), (0, o16 - o))),
+                        L.const(np.pad(_requant_consts(op, o), (0, o16 - o)))]
                 return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
             return amx.lower_qconv2d(L, op, x, weight, corr, x_nhwc=x_nhwc, y_nhwc=True)
-        if a["groups"] == c == o and x_nhwc:
+        if a["groups"] == c == o and x_nhwc and kh * kw * 255 * 128 < 2 ** 24:  # f32 sums stay exact
             from .rows import depthwise_conv_nhwc
 
             lo, hi = rt.dtype.iinfo()
@@ -1002,8 +1004,8 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
             func = depthwise_conv_nhwc((n, h, wd, c), (n, oh, ow, o), (kh, kw), a["strides"], a["pads"],
                                        a["dilations"], _np(xt), zx, _np(rt), zy, lo, hi)
             gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_depthwise_nhwc")
-            args = [x, L.const(np.ascontiguousarray(weight.reshape(o, kh, kw).transpose(1, 2, 0))),
-                    L.const(bias.astype(np.int32)), L.const(_requant_consts(op, o))]
+            wt = np.ascontiguousarray(weight.reshape(o, kh, kw).transpose(1, 2, 0)).astype(np.float32)
+            args = [x, L.const(wt), L.const(bias.astype(np.int32)), L.const(_requant_consts(op, o))]
             return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
         return None
     if op.operands[0] not in nenv:

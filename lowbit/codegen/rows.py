@@ -165,41 +165,54 @@ def depthwise_conv_planes(shape, out_shape, kernel, strides, pads, dilations, in
 def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_dtype: str, zx: int,
                         out_dtype: str, zy: int, lo: int, hi: int):
     """``depthwise_conv`` on NHWC values: a pixel at a time, every tap inside the input adds (x - zx) * w over
-    the channels as 16-wide vectors (a pixel's channels are contiguous). Args X [n, h, w, c], W [kh, kw, c] i32,
-    bias [c] i32, m [c] f32 -> Y [n, oh, ow, c]."""
+    the channels as 16-wide vectors (a pixel's channels are contiguous). The taps accumulate in f32 fused
+    multiply-adds, which are exact here: every product and partial sum is an integer below 2^24 (the caller
+    checks kh * kw * 255 * 128 < 2^24), so the i32 result is the integer sum. Args X [n, h, w, c],
+    W [kh, kw, c] f32 (integer values), bias [c] i32, m [c] f32 -> Y [n, oh, ow, c]."""
     from tvm.script import tirx as T
 
     n, h, w, c = shape
     _, oh, ow, _ = out_shape
     (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
     i32, f32 = "int32", "float32"
+    cv, rest = c // 16 * 16, c % 16
+    fzx = T.float32(zx)
 
     @T.prim_func
-    def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, c), i32), B: T.Buffer((c,), i32),
+    def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, c), f32), B: T.Buffer((c,), i32),
              M: T.Buffer((c,), f32), Y: T.Buffer((n, oh, ow, c), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         for row in T.parallel(n * oh):
-            acc = T.decl_buffer((16,), i32, scope="local")
+            acc = T.decl_buffer((16,), f32, scope="local")
             for x in range(ow):
                 # a channel vector at a time through every tap: its accumulator stays in a register
-                for kv in range((c + 15) // 16):
+                for kv in range(c // 16):
                     for k in T.vectorized(16):
-                        acc[k] = B[T.min(kv * 16 + k, c - 1)]
+                        acc[k] = T.float32(0)
                     for r, q in T.grid(kh, kw):
                         if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
                                 x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
                             for k in T.vectorized(16):
-                                acc[k] = acc[k] + (T.Cast(i32, X[row // oh, row % oh * sh - pt + r * dh,
-                                                                 x * sw - pl + q * dw, T.min(kv * 16 + k, c - 1)])
-                                                   - zx) * W[r, q, T.min(kv * 16 + k, c - 1)]
-                    if kv * 16 + 16 <= c:
-                        for k in T.vectorized(16):
-                            Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
-                                i32, T.nearbyint(T.Cast(f32, acc[k]) * M[kv * 16 + k])) + zy, hi), lo))
-                    else:
-                        for k in range(c % 16):
-                            Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
-                                i32, T.nearbyint(T.Cast(f32, acc[k]) * M[kv * 16 + k])) + zy, hi), lo))
+                                acc[k] = acc[k] + (T.Cast(f32, X[row // oh, row % oh * sh - pt + r * dh,
+                                                                 x * sw - pl + q * dw, kv * 16 + k]) - fzx) * W[
+                                    r, q, kv * 16 + k]
+                    for k in T.vectorized(16):
+                        Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
+                            i32, T.nearbyint(T.Cast(f32, T.Cast(i32, acc[k]) + B[kv * 16 + k]) * M[kv * 16 + k]))
+                            + zy, hi), lo))
+                if rest > 0:  # the channels past the last whole vector
+                    for k in T.vectorized(rest):
+                        acc[k] = T.float32(0)
+                    for r, q in T.grid(kh, kw):
+                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
+                                x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
+                            for k in T.vectorized(rest):
+                                acc[k] = acc[k] + (T.Cast(f32, X[row // oh, row % oh * sh - pt + r * dh,
+                                                                 x * sw - pl + q * dw, cv + k]) - fzx) * W[r, q, cv + k]
+                    for k in T.vectorized(rest):
+                        Y[row // oh, row % oh, x, cv + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
+                            i32, T.nearbyint(T.Cast(f32, T.Cast(i32, acc[k]) + B[cv + k]) * M[cv + k])) + zy, hi),
+                            lo))
     return func
 
 
