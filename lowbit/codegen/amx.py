@@ -86,6 +86,28 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
 
     def rb(task, i):  # its i-th block of 32 output pixels (a pair of 16-pixel tiles)
         return task // nblocks * gsize + i
+
+    def tl(task, i, half):  # the block's first or second 16-pixel tile (an odd last tile: computed twice)
+        return T.min(rb(task, i) * 2 + half, tiles - 1)
+
+    def img(t):  # a tile's image, output row and first output column
+        return t // ohw
+
+    def yrow(t):
+        return t % ohw // owt
+
+    def x0(t):
+        return t % owt * TILE_M
+
+    def tap(b, r, s, q):  # input offset of a tile's tap (r, s), 64-byte chunk q
+        return b + (r * dh * wp + s * dw) * cp + q * TILE_K
+
+    def wtap(t, r, s, q):  # weight offset of 16-channel slice t's tap (r, s), chunk q
+        return t * wstride_o + ((r * kw + s) * kc + q) * 1024
+
+    def requant(corr, mult, v, ch):
+        return T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast("float32", v + corr[ch]) * mult[ch]))
+                                             + zy, hi), lo))
     lds = sw * cp  # bytes between consecutive output pixels' input rows
     wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
     ID = T.llvm_lookup_intrinsic_id
@@ -124,18 +146,16 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tilezero", T.uint8(3))
                     for r, s, q in T.grid(kh, kw, kc):
                         # the second tile of an odd last pair repeats the first (same values, stored twice)
-                        tile("tileloadd64", T.uint8(4), T.address_of(X[base(rb(task, mi) * 2) + (r * dh * wp + s * dw) * cp
-                                                                       + q * TILE_K]), T.int64(lds))
-                        tile("tileloadd64", T.uint8(5), T.address_of(X[base(T.min(rb(task, mi) * 2 + 1, tiles - 1))
-                                                                       + (r * dh * wp + s * dw) * cp + q * TILE_K]),
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[tap(base(tl(task, mi, 0)), r, s, q)]),
                              T.int64(lds))
-                        tile("tileloadd64", T.uint8(6),
-                             T.address_of(W[cb(task) * 2 * wstride_o + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[tap(base(tl(task, mi, 1)), r, s, q)]),
+                             T.int64(lds))
+                        tile("tileloadd64", T.uint8(6), T.address_of(W[wtap(cb(task) * 2, r, s, q)]), T.int64(64))
                         tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                         tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
                         if cb(task) < nb2:  # a second 16-channel tile
-                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * wstride_o
-                                                                           + ((r * kw + s) * kc + q) * 1024]), T.int64(64))
+                            tile("tileloadd64", T.uint8(7), T.address_of(W[wtap(cb(task) * 2 + 1, r, s, q)]),
+                                 T.int64(64))
                             tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
                             tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
                     # acc[m][c]: m in 0..31 (the pair's first tile's pixels, then the second's), c in 0..31
@@ -145,43 +165,33 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                     if nhwc:
                         for half, j, ct in T.grid(2, TILE_M, 2):
-                            if (ct == 0 or cb(task) < nb2) and T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j < ow:
+                            if (ct == 0 or cb(task) < nb2) and x0(tl(task, mi, half)) + j < ow:
                                 # one tile row: 16 channels of one pixel (a last partial tile channel by channel)
                                 if cb(task) * 32 + ct * 16 + 16 <= o:
                                     for c in T.vectorized(16):
-                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                                "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
-                                                + CORR[cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi),
-                                            lo))
+                                        Y[img(tl(task, mi, half)), yrow(tl(task, mi, half)), x0(tl(task, mi, half))
+                                          + j, cb(task) * 32 + ct * 16 + c] = requant(
+                                            CORR, MULT, acc[(half * 16 + j) * 32 + ct * 16 + c],
+                                            cb(task) * 32 + ct * 16 + c)
                                 else:
                                     for c in range(o % 16):
-                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                                "float32", acc[(half * 16 + j) * 32 + ct * 16 + c]
-                                                + CORR[cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi),
-                                            lo))
+                                        Y[img(tl(task, mi, half)), yrow(tl(task, mi, half)), x0(tl(task, mi, half))
+                                          + j, cb(task) * 32 + ct * 16 + c] = requant(
+                                            CORR, MULT, acc[(half * 16 + j) * 32 + ct * 16 + c],
+                                            cb(task) * 32 + ct * 16 + c)
                     else:
                         for half, c in T.grid(2, 32):
                             if (c < 16 or cb(task) < nb2) and cb(task) * 32 + c < o:
-                                for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather, one store
-                                    row[j] = T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(
-                                        "float32", acc[(half * 16 + j) * 32 + c] + CORR[cb(task) * 32 + c]) * MULT[cb(task) * 32 + c]))
-                                        + zy, hi), lo))
-                                if T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + TILE_M <= ow:
+                                for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather
+                                    row[j] = requant(CORR, MULT, acc[(half * 16 + j) * 32 + c], cb(task) * 32 + c)
+                                if x0(tl(task, mi, half)) + TILE_M <= ow:
                                     for j in T.vectorized(TILE_M):
-                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw, cb(task) * 32 + c,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                                        Y[img(tl(task, mi, half)), cb(task) * 32 + c, yrow(tl(task, mi, half)),
+                                          x0(tl(task, mi, half)) + j] = row[j]
                                 else:
                                     for j in range(ow % TILE_M):
-                                        Y[T.min(rb(task, mi) * 2 + half, tiles - 1) // ohw, cb(task) * 32 + c,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % ohw // owt,
-                                          T.min(rb(task, mi) * 2 + half, tiles - 1) % owt * TILE_M + j] = row[j]
+                                        Y[img(tl(task, mi, half)), cb(task) * 32 + c, yrow(tl(task, mi, half)),
+                                          x0(tl(task, mi, half)) + j] = row[j]
             tile("tilerelease")
     return func
 
@@ -252,6 +262,13 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def rb(task, i):  # its i-th block of 32 rows
         return task // nbt * gsize + i
 
+    def row0(task, i):  # the block's first row (a last block ends at the last row, recomputing some)
+        return T.min(rb(task, i) * 32, mp - 32)
+
+    def requant(corr, mult, v, ch):
+        return T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(f32, v + corr[ch]) * mult[ch]))
+                                             + zy, hi), lo))
+
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
@@ -285,16 +302,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                         tile("tilezero", T.uint8(2))
                         tile("tilezero", T.uint8(3))
                         for q in range(kc):
-                            tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(rb(task, mi) * 32, mp - 32) * kp + q * TILE_K]),
+                            tile("tileloadd64", T.uint8(4), T.address_of(X[row0(task, mi) * kp + q * TILE_K]),
                                  T.int64(kp))
-                            tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(rb(task, mi) * 32, mp - 32) + 16) * kp
+                            tile("tileloadd64", T.uint8(5), T.address_of(X[(row0(task, mi) + 16) * kp
                                                                            + q * TILE_K]), T.int64(kp))
-                            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 2 * 16 * kp + q * 1024]), T.int64(64))
+                            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]),
+                                 T.int64(64))
                             tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                             tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
                             if cb(task) < nb2:
-                                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * 16 * kp + q * 1024]),
-                                     T.int64(64))
+                                tile("tileloadd64", T.uint8(7),
+                                     T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]), T.int64(64))
                                 tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
                                 tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
                         tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
@@ -302,17 +320,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                         tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                         tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                         for i, ct in T.grid(32, 2):
-                            if T.min(rb(task, mi) * 32, mp - 32) + i < m and (ct == 0 or cb(task) < nb2):
+                            if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb2):
                                 for c in T.vectorized(16):
                                     if has_bias:
-                                        Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * WS[
-                                                cb(task) * 32 + ct * 16 + c]) * (SC[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * S[
+                                        Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(row0(task, mi) + i) * pr] * WS[
+                                                cb(task) * 32 + ct * 16 + c]) * (SC[(row0(task, mi) + i) * pr] * S[
                                                     cb(task) * 32 + ct * 16 + c]) + B[cb(task) * 32 + ct * 16 + c]
                                     else:
-                                        Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * WS[
-                                                cb(task) * 32 + ct * 16 + c]) * (SC[(T.min(rb(task, mi) * 32, mp - 32) + i) * pr] * S[
+                                        Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
+                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(row0(task, mi) + i) * pr] * WS[
+                                                cb(task) * 32 + ct * 16 + c]) * (SC[(row0(task, mi) + i) * pr] * S[
                                                     cb(task) * 32 + ct * 16 + c])
                 tile("tilerelease")
         return func
@@ -341,15 +359,15 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                     tile("tilezero", T.uint8(2))
                     tile("tilezero", T.uint8(3))
                     for q in range(kc):
-                        tile("tileloadd64", T.uint8(4), T.address_of(X[T.min(rb(task, mi) * 32, mp - 32) * kp + q * TILE_K]),
+                        tile("tileloadd64", T.uint8(4), T.address_of(X[row0(task, mi) * kp + q * TILE_K]),
                              T.int64(kp))
-                        tile("tileloadd64", T.uint8(5), T.address_of(X[(T.min(rb(task, mi) * 32, mp - 32) + 16) * kp + q * TILE_K]),
+                        tile("tileloadd64", T.uint8(5), T.address_of(X[(row0(task, mi) + 16) * kp + q * TILE_K]),
                              T.int64(kp))
-                        tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 2 * 16 * kp + q * 1024]), T.int64(64))
+                        tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]), T.int64(64))
                         tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
                         tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
                         if cb(task) < nb216:
-                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 2 + 1) * 16 * kp + q * 1024]),
+                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]),
                                  T.int64(64))
                             tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
                             tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
@@ -358,17 +376,15 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                     tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
                     tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
                     for i, ct in T.grid(32, 2):
-                        if T.min(rb(task, mi) * 32, mp - 32) + i < m and (ct == 0 or cb(task) < nb216):
+                        if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb216):
                             if cb(task) * 32 + ct * 16 + 16 <= nn:
                                 for c in T.vectorized(16):
-                                    Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
-                                        T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
-                                            cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi), lo))
+                                    Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
                             else:  # the last, partial tile of columns
                                 for c in range(nn % 16):
-                                    Y[T.min(rb(task, mi) * 32, mp - 32) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(out_dtype, T.max(T.min(
-                                        T.Cast("int32", T.nearbyint(T.Cast(f32, acc[i * 32 + ct * 16 + c] + CORR[
-                                            cb(task) * 32 + ct * 16 + c]) * MULT[cb(task) * 32 + ct * 16 + c])) + zy, hi), lo))
+                                    Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
             tile("tilerelease")
     return func
 
