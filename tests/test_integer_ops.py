@@ -144,6 +144,20 @@ def test_u8_conv_uses_vnni_where_the_cpu_has_it():
     np.testing.assert_array_equal(build_and_run(g, x)["y"], lowbit.interpret(g, x)["y"])
 
 
+@pytest.mark.skipif(not _has_amx(), reason="this CPU has no AMX-INT8")
+def test_u8_conv_and_matmul_use_amx_tiles_where_the_cpu_has_them():
+    """With AMX the integer conv and matmul kernels are tile code: tdpbusd on tiles loaded with tileloadd."""
+    from lowbit.codegen import _build_cpu
+    from lowbit.codegen.lower import to_relax
+    from lowbit.codegen.target import resolve_target
+
+    g, x, _ = _qconv_graph(64, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
+    ex = _build_cpu(to_relax(g, blocked_layout=True, amx=True), resolve_target("cpu"))
+    asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
+    assert "tdpbusd" in asm and "tileloadd" in asm and "ldtilecfg" in asm
+    np.testing.assert_array_equal(build_and_run(g, x, True)["y"], lowbit.interpret(g, x)["y"])
+
+
 @pytest.mark.parametrize("hi,folded", [(6.0, True), (3.0, False)])
 def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
     """quantize(clip(conv, 0, 6)) with an output range [0, 6] is qconv2d + relu (saturation does the 6); with a
