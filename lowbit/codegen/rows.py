@@ -175,44 +175,55 @@ def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_d
     _, oh, ow, _ = out_shape
     (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
     i32, f32 = "int32", "float32"
-    cv, rest = c // 16 * 16, c % 16
     fzx = T.float32(zx)
+    x_lo, x_hi = _columns(w, ow, kw, sw, dw, pl)
+    inner = x_hi - x_lo
+    PX = 4  # output pixels computed together in the interior
+
+    def requant(a, b, m):
+        return T.Cast(out_dtype, T.max(T.min(T.Cast(i32, T.nearbyint(T.Cast(f32, T.Cast(i32, a) + b) * m)) + zy, hi),
+                                         lo))
 
     @T.prim_func
     def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, c), f32), B: T.Buffer((c,), i32),
              M: T.Buffer((c,), f32), Y: T.Buffer((n, oh, ow, c), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         for row in T.parallel(n * oh):
-            acc = T.decl_buffer((16,), f32, scope="local")
-            for x in range(ow):
-                # a channel vector at a time through every tap: its accumulator stays in a register
+            acc = T.decl_buffer((PX, 16), f32, scope="local")
+            # interior: PX output pixels whose windows lie inside the row, each tap's weight vector loaded once
+            for xb in range(inner // PX):
                 for kv in range(c // 16):
-                    for k in T.vectorized(16):
-                        acc[k] = T.float32(0)
-                    for r, q in T.grid(kh, kw):
-                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
-                                x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
-                            for k in T.vectorized(16):
-                                acc[k] = acc[k] + (T.Cast(f32, X[row // oh, row % oh * sh - pt + r * dh,
-                                                                 x * sw - pl + q * dw, kv * 16 + k]) - fzx) * W[
-                                    r, q, kv * 16 + k]
-                    for k in T.vectorized(16):
-                        Y[row // oh, row % oh, x, kv * 16 + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
-                            i32, T.nearbyint(T.Cast(f32, T.Cast(i32, acc[k]) + B[kv * 16 + k]) * M[kv * 16 + k]))
-                            + zy, hi), lo))
-                if rest > 0:  # the channels past the last whole vector
-                    for k in T.vectorized(rest):
-                        acc[k] = T.float32(0)
-                    for r, q in T.grid(kh, kw):
-                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
-                                x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
-                            for k in T.vectorized(rest):
-                                acc[k] = acc[k] + (T.Cast(f32, X[row // oh, row % oh * sh - pt + r * dh,
-                                                                 x * sw - pl + q * dw, cv + k]) - fzx) * W[r, q, cv + k]
-                    for k in T.vectorized(rest):
-                        Y[row // oh, row % oh, x, cv + k] = T.Cast(out_dtype, T.max(T.min(T.Cast(
-                            i32, T.nearbyint(T.Cast(f32, T.Cast(i32, acc[k]) + B[cv + k]) * M[cv + k])) + zy, hi),
-                            lo))
+                    for p, k in T.grid(PX, 16):
+                        acc[p, k] = T.float32(0)
+                    for r in T.unroll(kh):
+                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h:
+                            for q in T.unroll(kw):
+                                for p in T.unroll(PX):
+                                    for k in T.vectorized(16):
+                                        acc[p, k] = acc[p, k] + (T.Cast(f32, X[
+                                            row // oh, row % oh * sh - pt + r * dh,
+                                            (x_lo + xb * PX + p) * sw - pl + q * dw, kv * 16 + k]) - fzx) * W[
+                                            r, q, kv * 16 + k]
+                    for p in T.unroll(PX):
+                        for k in T.vectorized(16):
+                            Y[row // oh, row % oh, x_lo + xb * PX + p, kv * 16 + k] = requant(
+                                acc[p, k], B[kv * 16 + k], M[kv * 16 + k])
+            # the other pixels, and the channels past the last whole vector: one pixel at a time, taps checked
+            for x in range(ow):
+                for kv in range((c + 15) // 16):
+                    if x < x_lo or x >= x_lo + inner // PX * PX or kv * 16 + 16 > c:
+                        for k in T.vectorized(16):
+                            acc[0, k] = T.float32(0)
+                        for r, q in T.grid(kh, kw):
+                            if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
+                                    x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
+                                for k in T.vectorized(16):
+                                    acc[0, k] = acc[0, k] + (T.Cast(f32, X[
+                                        row // oh, row % oh * sh - pt + r * dh, x * sw - pl + q * dw,
+                                        T.min(kv * 16 + k, c - 1)]) - fzx) * W[r, q, T.min(kv * 16 + k, c - 1)]
+                        for k in range(T.min(16, c - kv * 16)):
+                            Y[row // oh, row % oh, x, kv * 16 + k] = requant(acc[0, k], B[kv * 16 + k],
+                                                                             M[kv * 16 + k])
     return func
 
 
