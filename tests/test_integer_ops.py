@@ -248,6 +248,7 @@ def test_nhwc_integer_region_matches_the_reference():
     f = conv(y2, 32, 24, 1, 1, 0, 1, True, q(0.09, 0), 6)       # 1x1 on rows padded to 64 channels, 24 out
     f = conv(f, 24, 40, 3, 2, 1, 1, False, q(0.05, 7), 7)       # AMX on NHWC, 40 channels out (a partial tile)
     f = conv(f, 40, 40, 3, 1, 1, 40, True, q(0.04, 0), 8)       # depthwise NHWC: 2 vectors and 8 channels
+    e = conv(y2, 32, 32, 5, 2, 2, 32, False, q(0.05, 3), 9)     # depthwise 5x5 stride 2, input zero point 125
     s = g.create("add", [g.create("dequantize", [y1]).result, g.create("dequantize", [y2]).result]).result
     s = g.create("quantize", [g.create("relu", [s]).result], {}, [TensorType((1, 32, 13, 13), dt.u8, q(0.1, 0))]).result
     p = g.create("max_pool2d", [s], {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)},
@@ -261,7 +262,7 @@ def test_nhwc_integer_region_matches_the_reference():
     diff = np.abs(got["y"].astype(np.int32) - want["y"].astype(np.int32))  # downstream of those steps
     assert np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
     # the integer ops alone (no float add between them) are exact
-    g.set_outputs([y1, y2, b, f], ["y1", "y2", "b", "f"])
+    g.set_outputs([y1, y2, b, f, e], ["y1", "y2", "b", "f", "e"])
     want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
-    for k in ("y1", "y2", "b", "f"):
+    for k in ("y1", "y2", "b", "f", "e"):
         np.testing.assert_array_equal(got[k], want[k])

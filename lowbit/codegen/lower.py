@@ -993,8 +993,10 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
                         L.const(np.pad(_requant_consts(op, o), (0, o16 - o)))]
                 return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
             return amx.lower_qconv2d(L, op, x, weight, corr, x_nhwc=x_nhwc, y_nhwc=True)
-        if a["groups"] == c == o and x_nhwc and kh * kw * 255 * 128 < 2 ** 24:  # f32 sums stay exact
-            from .rows import depthwise_conv_nhwc
+        # the bias with the input's zero point folded in: the kernel's f32 accumulators start there
+        bias_zx = bias - zx * weight.reshape(o, -1).sum(axis=1)
+        if a["groups"] == c == o and x_nhwc and np.abs(bias_zx).max() + kh * kw * 255 * 128 < 2 ** 24:
+            from .rows import depthwise_conv_nhwc  # (its f32 sums stay exact integers)
 
             lo, hi = rt.dtype.iinfo()
             zy = int(rt.quant.zero_point[0])
@@ -1004,8 +1006,11 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
             func = depthwise_conv_nhwc((n, h, wd, c), (n, oh, ow, o), (kh, kw), a["strides"], a["pads"],
                                        a["dilations"], _np(xt), zx, _np(rt), zy, lo, hi)
             gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_depthwise_nhwc")
-            wt = np.ascontiguousarray(weight.reshape(o, kh, kw).transpose(1, 2, 0)).astype(np.float32)
-            args = [x, L.const(wt), L.const(bias.astype(np.int32)), L.const(_requant_consts(op, o))]
+            c16 = -(-o // 16) * 16  # channels padded to whole vectors (weight 0)
+            wt = np.zeros((kh, kw, c16), np.float32)
+            wt[..., :o] = weight.reshape(o, kh, kw).transpose(1, 2, 0)
+            args = [x, L.const(wt), L.const(np.pad(bias_zx, (0, c16 - o)).astype(np.float32)),
+                    L.const(_requant_consts(op, o))]
             return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o), _np(rt)))
         return None
     if op.operands[0] not in nenv:

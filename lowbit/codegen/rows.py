@@ -163,67 +163,100 @@ def depthwise_conv_planes(shape, out_shape, kernel, strides, pads, dilations, in
 
 
 def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_dtype: str, zx: int,
-                        out_dtype: str, zy: int, lo: int, hi: int):
-    """``depthwise_conv`` on NHWC values: a pixel at a time, every tap inside the input adds (x - zx) * w over
-    the channels as 16-wide vectors (a pixel's channels are contiguous). The taps accumulate in f32 fused
-    multiply-adds, which are exact here: every product and partial sum is an integer below 2^24 (the caller
-    checks kh * kw * 255 * 128 < 2^24), so the i32 result is the integer sum. Args X [n, h, w, c],
-    W [kh, kw, c] f32 (integer values), bias [c] i32, m [c] f32 -> Y [n, oh, ow, c]."""
+                        out_dtype: str, zy: int, lo: int, hi: int, tasks: int = 16):
+    """``depthwise_conv`` on NHWC values. A parallel task takes a group of output rows and one 16-channel
+    vector; the input rows its windows read are converted to f32 once, into a ring of kh rows padded left and
+    right with the zero point (rows outside the input hold the zero point too), so every tap is a fused
+    multiply-add with no bounds check. The accumulators start at the bias, which also carries -zx * sum(w): the
+    taps add x * w, padding included. The f32 sums are exact: every partial sum is an integer below 2^24 (the
+    caller checks |bias| + kh * kw * 255 * 128 < 2^24), so rounding ``acc * m`` once (``lrint``: to nearest
+    even) gives the integer result. Args X [n, h, w, c], W [kh, kw, c16] f32 and bias [c16] f32 (c16: c padded
+    to 16; integer values), m [c] f32 -> Y [n, oh, ow, c]."""
     from tvm.script import tirx as T
 
     n, h, w, c = shape
     _, oh, ow, _ = out_shape
     (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
-    i32, f32 = "int32", "float32"
+    f32 = "float32"
     fzx = T.float32(zx)
-    x_lo, x_hi = _columns(w, ow, kw, sw, dw, pl)
-    inner = x_hi - x_lo
-    PX = 4  # output pixels computed together in the interior
+    nv = (c + 15) // 16  # channel vectors (one per task); a last partial one reads channel c - 1 past c
+    ring = (kh - 1) * dh + 1  # input rows one output row's windows span
+    wp = (ow - 1) * sw + (kw - 1) * dw + 1  # padded row width the windows span
+    wc = max(0, min(w, wp - pl))  # input columns they read
+    rows = n * oh
+    size = -(-rows // max(1, min(rows, -(-tasks // nv))))  # output rows per task
+    groups = -(-rows // size)
+    px = 8 if ow >= 56 else 4  # output pixels computed together (each tap's weights loaded once)
+    full = ow // px * px
 
-    def requant(a, b, m):
-        return T.Cast(out_dtype, T.max(T.min(T.Cast(i32, T.nearbyint(T.Cast(f32, T.Cast(i32, a) + b) * m)) + zy, hi),
-                                         lo))
+    def y(task, i):  # the i-th output row of a task (image * oh + row)
+        return task // nv * size + i
+
+    def ch(task):  # its first channel
+        return task % nv * 16
+
+    def first(task, i):  # the first input row of output row i's windows
+        return y(task, i) % oh * sh - pt
+
+    def at(task, i, r, col):  # ring offset of the window row r's column col (padded) for output row i
+        return (T.floormod(first(task, i) + r, ring) * wp + col) * 16
+
+    def requant(a, m):  # a already holds the bias
+        return T.Cast(out_dtype, T.max(T.min(T.call_llvm_pure_intrin("int32", "llvm.lrint", a * m) + zy, hi), lo))
+
+    def source(X, task, i, t, ix, j):  # input element of ring row t (a last partial vector repeats channel c - 1)
+        k = ch(task) + j if c % 16 == 0 else T.min(ch(task) + j, c - 1)
+        return T.Cast(f32, X[y(task, i) // oh, first(task, i) + t, ix, k])
+
+    @T.macro
+    def pixels(F, W, B, M, Y, acc, task, i, x0, npx):  # npx output pixels from column x0: taps, then requantize
+        for p in T.unroll(npx):
+            for j in T.vectorized(16):
+                acc[p * 16 + j] = B[ch(task) + j]
+        for r in T.unroll(kh):
+            for q in T.unroll(kw):
+                for p in T.unroll(npx):
+                    for j in T.vectorized(16):
+                        acc[p * 16 + j] = acc[p * 16 + j] + F[at(task, i, r * dh, (x0 + p) * sw + q * dw) + j] * W[
+                            r, q, ch(task) + j]
+        for p in T.unroll(npx):
+            if ch(task) + 16 <= c:
+                for j in T.vectorized(16):
+                    Y[y(task, i) // oh, y(task, i) % oh, x0 + p, ch(task) + j] = requant(acc[p * 16 + j],
+                                                                                       M[ch(task) + j])
+            else:
+                for j in range(c % 16):
+                    Y[y(task, i) // oh, y(task, i) % oh, x0 + p, ch(task) + j] = requant(acc[p * 16 + j],
+                                                                                       M[ch(task) + j])
 
     @T.prim_func
-    def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, c), f32), B: T.Buffer((c,), i32),
+    def func(X: T.Buffer((n, h, w, c), in_dtype), W: T.Buffer((kh, kw, nv * 16), f32), B: T.Buffer((nv * 16,), f32),
              M: T.Buffer((c,), f32), Y: T.Buffer((n, oh, ow, c), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-        for row in T.parallel(n * oh):
-            acc = T.decl_buffer((PX, 16), f32, scope="local")
-            # interior: PX output pixels whose windows lie inside the row, each tap's weight vector loaded once
-            for xb in range(inner // PX):
-                for kv in range(c // 16):
-                    for p, k in T.grid(PX, 16):
-                        acc[p, k] = T.float32(0)
-                    for r in T.unroll(kh):
-                        if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h:
-                            for q in T.unroll(kw):
-                                for p in T.unroll(PX):
-                                    for k in T.vectorized(16):
-                                        acc[p, k] = acc[p, k] + (T.Cast(f32, X[
-                                            row // oh, row % oh * sh - pt + r * dh,
-                                            (x_lo + xb * PX + p) * sw - pl + q * dw, kv * 16 + k]) - fzx) * W[
-                                            r, q, kv * 16 + k]
-                    for p in T.unroll(PX):
-                        for k in T.vectorized(16):
-                            Y[row // oh, row % oh, x_lo + xb * PX + p, kv * 16 + k] = requant(
-                                acc[p, k], B[kv * 16 + k], M[kv * 16 + k])
-            # the other pixels, and the channels past the last whole vector: one pixel at a time, taps checked
-            for x in range(ow):
-                for kv in range((c + 15) // 16):
-                    if x < x_lo or x >= x_lo + inner // PX * PX or kv * 16 + 16 > c:
-                        for k in T.vectorized(16):
-                            acc[0, k] = T.float32(0)
-                        for r, q in T.grid(kh, kw):
-                            if row % oh * sh - pt + r * dh >= 0 and row % oh * sh - pt + r * dh < h and \
-                                    x * sw - pl + q * dw >= 0 and x * sw - pl + q * dw < w:
-                                for k in T.vectorized(16):
-                                    acc[0, k] = acc[0, k] + (T.Cast(f32, X[
-                                        row // oh, row % oh * sh - pt + r * dh, x * sw - pl + q * dw,
-                                        T.min(kv * 16 + k, c - 1)]) - fzx) * W[r, q, T.min(kv * 16 + k, c - 1)]
-                        for k in range(T.min(16, c - kv * 16)):
-                            Y[row // oh, row % oh, x, kv * 16 + k] = requant(acc[0, k], B[kv * 16 + k],
-                                                                             M[kv * 16 + k])
+        for task in T.parallel(groups * nv):  # (row group, channel vector) pairs
+            F = T.decl_buffer((ring * wp * 16,), f32, scope="local")
+            acc = T.decl_buffer((px * 16,), f32, scope="local")
+            for s, col in T.grid(ring, wp):
+                if col < pl or col >= pl + wc:
+                    for j in T.vectorized(16):
+                        F[(s * wp + col) * 16 + j] = fzx
+            for i in range(size):
+                if y(task, i) < rows:
+                    # the ring rows this output row adds (all of them for a task's or an image's first row)
+                    for t in range(ring):
+                        if i == 0 or y(task, i) % oh == 0 or t >= ring - sh:
+                            if first(task, i) + t >= 0 and first(task, i) + t < h:
+                                for ix in range(wc):
+                                    for j in T.vectorized(16):
+                                        F[at(task, i, t, pl + ix) + j] = source(X, task, i, t, ix, j)
+                            else:
+                                for ix in range(wc):
+                                    for j in T.vectorized(16):
+                                        F[at(task, i, t, pl + ix) + j] = fzx
+                    for xb in range(ow // px):
+                        pixels(F, W, B, M, Y, acc, task, i, xb * px, px)
+                    for x in range(ow - full):
+                        pixels(F, W, B, M, Y, acc, task, i, full + x, 1)
     return func
 
 
