@@ -75,6 +75,14 @@ def vector_rounding() -> None:
         tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
 
 
+def lrint(x):
+    """x (f32) rounded half to even to i32 in one instruction (``vcvtps2dq``; the default rounding mode), for
+    hand-written CPU kernels; the same result as ``i32(nearbyint(x))``, which LLVM emits as two."""
+    from tvm import tirx
+
+    return tirx.call_llvm_pure_intrin("int32", "llvm.lrint", x)
+
+
 def _build_cpu(mod, target):
     import tvm
     from tvm.s_tir import dlight as dl

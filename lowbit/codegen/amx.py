@@ -70,6 +70,8 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
     from tvm.script import tirx as T
 
+    from . import lrint
+
     sh, sw = strides
     dh, dw = dilations
     hp, wp, cp, kc, kw, owt = p.hp, p.wp, p.cpix, p.kc, p.taps_w, p.owt
@@ -106,8 +108,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
         return t * wstride_o + ((r * kw + s) * kc + q) * 1024
 
     def requant(corr, mult, v, ch):
-        return T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast("float32", v + corr[ch]) * mult[ch]))
-                                             + zy, hi), lo))
+        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast("float32", v + corr[ch]) * mult[ch]) + zy, hi), lo))
     lds = sw * cp  # bytes between consecutive output pixels' input rows
     wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
     ID = T.llvm_lookup_intrinsic_id
@@ -248,6 +249,8 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     fused (one rounding)."""
     from tvm.script import tirx as T
 
+    from . import lrint
+
     m = int(np.prod(shape_y[:-1]))
     rows, pr = (m, 1) if per_row else (1, 0)
     n16 = (nn + 15) // 16 * 16  # static: columns padded to whole tiles (weights 0, not stored)
@@ -266,8 +269,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         return T.min(rb(task, i) * 32, mp - 32)
 
     def requant(corr, mult, v, ch):
-        return T.Cast(out_dtype, T.max(T.min(T.Cast("int32", T.nearbyint(T.Cast(f32, v + corr[ch]) * mult[ch]))
-                                             + zy, hi), lo))
+        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
 
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id

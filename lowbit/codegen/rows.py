@@ -174,6 +174,8 @@ def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_d
     to 16; integer values), m [c] f32 -> Y [n, oh, ow, c]."""
     from tvm.script import tirx as T
 
+    from . import lrint
+
     n, h, w, c = shape
     _, oh, ow, _ = out_shape
     (kh, kw), (sh, sw), (dh, dw), (pt, pl) = kernel, strides, dilations, pads[:2]
@@ -202,7 +204,7 @@ def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_d
         return (T.floormod(first(task, i) + r, ring) * wp + col) * 16
 
     def requant(a, m):  # a already holds the bias
-        return T.Cast(out_dtype, T.max(T.min(T.call_llvm_pure_intrin("int32", "llvm.lrint", a * m) + zy, hi), lo))
+        return T.Cast(out_dtype, T.max(T.min(lrint(a * m) + zy, hi), lo))
 
     def source(X, task, i, t, ix, j):  # input element of ring row t (a last partial vector repeats channel c - 1)
         k = ch(task) + j if c % 16 == 0 else T.min(ch(task) + j, c - 1)
