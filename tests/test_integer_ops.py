@@ -30,6 +30,8 @@ CONVS = [  # (cin, cout, hw, k, stride, pad, groups, relu, x dtype, per-channel)
     (64, 32, 19, 3, 2, 1, 1, True, "u8", True),     # AMX: two channel tiles, rows of 10 in 16-pixel tiles
     (80, 48, 5, 1, 1, 0, 1, False, "u8", True),     # AMX: channels padded to 128, an odd third channel tile
     (16, 32, 11, 3, 1, 2, 1, True, "u8", False),    # AMX: a kernel row folded into one 64-byte chunk
+    (3, 8, 37, 3, 2, 1, 1, True, "u8", True),       # AMX: an RGB stem, a pixel one 32-bit word (2 vectors + 5)
+    (1, 16, 20, 5, 1, 2, 1, False, "u8", False),    # AMX: one channel, three zero-point bytes per word
     (32, 32, 20, 3, 1, 1, 32, False, "u8", True),   # depthwise: 18 inner columns (a vector and 2), 2 borders
     (16, 16, 9, 5, 2, 2, 16, True, "i8", False),    # depthwise, 5x5 stride 2, i8
 ]

@@ -197,6 +197,44 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     return func
 
 
+def pixel_words_func(n: int, c: int, h: int, w: int, hp: int, wp: int, pt: int, pl: int, zx: int):
+    """A PrimFunc X [n, c, h, w] u8 (c <= 4, NCHW) -> Y [n, hp, wp, 4] u8: the input padded with its zero point
+    and laid out NHWC, a pixel's (up to) 4 channels one 32-bit word (channels past c hold the zero point).
+    Inside the input, 16 pixels at a time from contiguous channel rows; the padding is filled apart."""
+    from tvm.script import tirx as T
+
+    u32 = "uint32"
+    pad = zx * 0x01010101  # a word of four zero points
+    wv = w // 16 * 16
+
+    def word(X, img, iy, ix):
+        v = T.uint32(pad >> (8 * c) << (8 * c)) if c < 4 else T.uint32(0)
+        for k in range(c):
+            v = v | (T.Cast(u32, X[img, k, iy, ix]) << T.uint32(8 * k))
+        return v
+
+    @T.prim_func(s_tir=True)
+    def func(X: T.Buffer((n, c, h, w), "uint8"), YP: T.Buffer((n, hp, wp, 4), "uint8")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        with T.sblock("root"):  # TVM checks the body of a one-input function for a reshape pattern
+            Y = T.decl_buffer((n * hp * wp,), u32, data=YP.data)
+            for row in T.parallel(n * hp):
+                if row % hp >= pt and row % hp < pt + h:
+                    for z in range(pl):
+                        Y[row * wp + z] = T.uint32(pad)
+                    for zb in range(wv // 16):
+                        for j in T.vectorized(16):
+                            Y[row * wp + pl + zb * 16 + j] = word(X, row // hp, row % hp - pt, zb * 16 + j)
+                    for z in range(w - wv):
+                        Y[row * wp + pl + wv + z] = word(X, row // hp, row % hp - pt, wv + z)
+                    for z in range(wp - pl - w):
+                        Y[row * wp + pl + w + z] = T.uint32(pad)
+                else:
+                    for z in range(wp):
+                        Y[row * wp + z] = T.uint32(pad)
+    return func
+
+
 def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool = False, y_nhwc: bool = False):
     """qconv2d (u8 input, groups 1) as an AMX kernel: the input (NCHW, or NHWC with ``x_nhwc``) padded with its
     zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``, whose
@@ -226,7 +264,12 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool =
             return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
                                     X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
         return te.compute((n, p.hp, p.wp, p.cpix), at, name="pad_nhwc")
-    xp = L.te_(nhwc, x, name="lowbit_amx_input")
+    if not x_nhwc and p.cpix == 4 and p.wp >= pl + wd:  # a narrow (RGB) input: one word per pixel
+        f = pixel_words_func(n, c, h, wd, p.hp, p.wp, pt, pl, zx)
+        xp = relax.call_tir(L.bb.add_func(f.without_attr("global_symbol"), "lowbit_amx_pixel_words"), relax.Tuple([x]),
+                            relax.TensorType((n, p.hp, p.wp, 4), "uint8"))
+    else:
+        xp = L.te_(nhwc, x, name="lowbit_amx_input")
     func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt), nhwc=y_nhwc)
     gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
     o16 = (o + 15) // 16 * 16
