@@ -95,7 +95,8 @@ def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, amx
 @pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
 @pytest.mark.parametrize("lead,k,n,relu,per_channel", [((1,), 32, 10, False, True), ((2, 5), 64, 48, True, True),
                                                        ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True),
-                                                       ((3, 20), 128, 40, False, True)])
+                                                       ((3, 20), 128, 40, False, True),
+                                                       ((66,), 16, 40, True, True)])  # AMX: blocks copy rows
 def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
     rng = np.random.default_rng(3)
     sw = tuple(map(float, rng.uniform(0.002, 0.01, n))) if per_channel else (0.004,)

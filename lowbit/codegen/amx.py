@@ -281,12 +281,13 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool =
 
 def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_bias: bool, zy: int = 0,
                 lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False):
-    """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles; X holds ``mp`` rows of ``kp`` bytes (a copy with K
-    padded to 64 and M to 32, or the input itself when K already is and M >= 32: the last 32-row block then
-    starts at M - 32, recomputing rows an earlier block stored, with the same values), W is packed
-    [N/16, kp/4, 16, 4].
+    """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles. X (``shape_x``) holds ``mp`` rows of k bytes (its last
+    axis): the input itself, or a copy padded to 32 rows (and K to ``kp``, a multiple of 64). A tile row reads 64
+    bytes, past a row's end into the next row, where the weights are 0; a block whose reads would pass X's end
+    copies its rows (padded) first. The last 32-row block starts at M - 32 (``mp`` - 32), recomputing rows an
+    earlier block stored, with the same values. W is packed [N16/16, kp/4, 16, 4] (N16: N padded to 16).
 
-    Static (``qmatmul``): args X, W, corr [N] i32, mult [N] f32 -> Y = requantized as ``conv_func``.
+    Static (``qmatmul``): args X, W, corr [N16] i32, mult [N16] f32 -> Y = requantized as ``conv_func``.
     Dynamic (``qmatmul_dynamic``): args X, W, zp i32, scale f32 ([1], or [M] ``per_row``), wsum [N] i32,
     wscale [N] f32, bias [N] f32 -> Y f32 = f32(acc - zp * wsum) * (scale * wscale) [+ bias], the multiply-add
     fused (one rounding)."""
@@ -295,88 +296,113 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     from . import lrint
 
     m = int(np.prod(shape_y[:-1]))
+    k = shape_x[-1]  # bytes between rows of X
+    xbytes = int(np.prod(shape_x))
     rows, pr = (m, 1) if per_row else (1, 0)
-    n16 = (nn + 15) // 16 * 16  # static: columns padded to whole tiles (weights 0, not stored)
-    nb216, nblocks16 = n16 // 32, (n16 + 31) // 32
-    nb2, nblocks, mblocks = nn // 32, (nn + 31) // 32, (m + 31) // 32
-    nbt = nblocks if dynamic else nblocks16
-    mgroups, gsize = _row_groups(mblocks, nbt)
-
-    def cb(task):  # a parallel task's block of 32 output columns
-        return task % nbt
-
-    def rb(task, i):  # its i-th block of 32 rows
-        return task // nbt * gsize + i
-
-    def row0(task, i):  # the block's first row (a last block ends at the last row, recomputing some)
-        return T.min(rb(task, i) * 32, mp - 32)
-
-    def requant(corr, mult, v, ch):
-        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
-
+    n16 = (nn + 15) // 16 * 16  # columns padded to whole tiles (weights 0, not stored)
+    nb2, nblocks, mblocks = n16 // 32, (n16 + 31) // 32, (m + 31) // 32
+    mgroups, gsize = _row_groups(mblocks, nblocks)
+    safe = (xbytes - kp) // k - 31  # the last first row of a block that reads inside X only
+    tail = safe < mp - 32  # (then the blocks past it copy their rows)
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
 
+    def cb(task):  # a parallel task's block of 32 output columns
+        return task % nblocks
+
+    def rb(task, i):  # its i-th block of 32 rows
+        return task // nblocks * gsize + i
+
+    def row0(task, i):  # the block's first row (a last block ends at the last row, recomputing some)
+        return T.min(rb(task, i) * 32, mp - 32)
+
+    def col(task, ct, c):  # column c of the block's ct-th 16-column tile
+        return cb(task) * 32 + ct * 16 + c
+
+    def requant(corr, mult, v, ch):
+        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
+
+    def rescale(ZP, SC, WS, S, B, v, r, ch):  # dynamic: f32(acc - zp * wsum) * (scale * wscale) [+ bias]
+        y = T.Cast(f32, v - ZP[r * pr] * WS[ch]) * (SC[r * pr] * S[ch])
+        return y + B[ch] if has_bias else y
+
     def tile(op, *args):
         return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
 
+    @T.macro
+    def chunks(src, base, stride, W, task):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
+        for q in range(kc):
+            tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * TILE_K]), T.int64(stride))
+            tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
+            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]), T.int64(64))
+            tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+            tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+            if cb(task) < nb2:  # a second 16-column tile
+                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]), T.int64(64))
+                tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+
+    @T.macro
+    def block(X, W, rows_copy, acc, task, mi):  # one 32 x 32 block into acc[row][column] (i32)
+        tile("tilezero", T.uint8(0))
+        tile("tilezero", T.uint8(1))
+        tile("tilezero", T.uint8(2))
+        tile("tilezero", T.uint8(3))
+        if tail:
+            if row0(task, mi) > safe:  # its reads would pass X's end: its rows padded to kp bytes
+                for i, j in T.grid(32, kp):
+                    rows_copy[i * kp + j] = T.if_then_else(j < k, X[(row0(task, mi) + i) * k + T.min(j, k - 1)],
+                                                           T.uint8(0))
+                chunks(rows_copy, 0, kp, W, task)
+            else:
+                chunks(X, row0(task, mi) * k, k, W, task)
+        else:
+            chunks(X, row0(task, mi) * k, k, W, task)
+        tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
+        tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
+        tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+        tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+
+    @T.macro
+    def configure(cfg):  # palette 1, every tile 16 rows of 64 bytes
+        for i in range(64):
+            cfg[i] = T.uint8(0)
+        cfg[0] = T.uint8(1)
+        for i in range(8):
+            cfg[16 + i * 2] = T.uint8(64)
+            cfg[48 + i] = T.uint8(16)
+        tile("ldtilecfg", T.address_of(cfg[0]))
+
     if dynamic:
         @T.prim_func
-        def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((nn // 16, kp // 4, 16, 4), "int8"),
+        def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
                  ZP: T.Buffer((rows,), "int32"), SC: T.Buffer((rows,), f32), WS: T.Buffer((nn,), "int32"),
                  S: T.Buffer((nn,), f32), B: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, f32)):
             T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-            X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
-            W = T.decl_buffer((nn * kp,), "int8", data=WP.data)
+            X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
+            W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
             Y = T.decl_buffer((m, nn), f32, data=YP.data)
-            for task in T.parallel(nbt * mgroups):  # (channel block, row group) pairs
+            for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
                 cfg = T.decl_buffer((64,), "uint8", scope="local")
                 acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-                for i in range(64):
-                    cfg[i] = T.uint8(0)
-                cfg[0] = T.uint8(1)
-                for i in range(8):
-                    cfg[16 + i * 2] = T.uint8(64)
-                    cfg[48 + i] = T.uint8(16)
-                tile("ldtilecfg", T.address_of(cfg[0]))
+                rows_copy = T.decl_buffer((32 * kp if tail else 1,), "uint8", scope="local")
+                configure(cfg)
                 for mi in range(gsize):
                     if rb(task, mi) < mblocks:
-                        tile("tilezero", T.uint8(0))
-                        tile("tilezero", T.uint8(1))
-                        tile("tilezero", T.uint8(2))
-                        tile("tilezero", T.uint8(3))
-                        for q in range(kc):
-                            tile("tileloadd64", T.uint8(4), T.address_of(X[row0(task, mi) * kp + q * TILE_K]),
-                                 T.int64(kp))
-                            tile("tileloadd64", T.uint8(5), T.address_of(X[(row0(task, mi) + 16) * kp
-                                                                           + q * TILE_K]), T.int64(kp))
-                            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]),
-                                 T.int64(64))
-                            tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                            tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                            if cb(task) < nb2:
-                                tile("tileloadd64", T.uint8(7),
-                                     T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]), T.int64(64))
-                                tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                                tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
-                        tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
-                        tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-                        tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-                        tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                        block(X, W, rows_copy, acc, task, mi)
                         for i, ct in T.grid(32, 2):
                             if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb2):
-                                for c in T.vectorized(16):
-                                    if has_bias:
-                                        Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(row0(task, mi) + i) * pr] * WS[
-                                                cb(task) * 32 + ct * 16 + c]) * (SC[(row0(task, mi) + i) * pr] * S[
-                                                    cb(task) * 32 + ct * 16 + c]) + B[cb(task) * 32 + ct * 16 + c]
-                                    else:
-                                        Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = T.Cast(
-                                            f32, acc[i * 32 + ct * 16 + c] - ZP[(row0(task, mi) + i) * pr] * WS[
-                                                cb(task) * 32 + ct * 16 + c]) * (SC[(row0(task, mi) + i) * pr] * S[
-                                                    cb(task) * 32 + ct * 16 + c])
+                                if col(task, ct, 16) <= nn:
+                                    for c in T.vectorized(16):
+                                        Y[row0(task, mi) + i, col(task, ct, c)] = rescale(
+                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(task, mi) + i,
+                                            col(task, ct, c))
+                                else:  # the last, partial tile of columns
+                                    for c in range(nn % 16):
+                                        Y[row0(task, mi) + i, col(task, ct, c)] = rescale(
+                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(task, mi) + i,
+                                            col(task, ct, c))
                 tile("tilerelease")
         return func
 
@@ -384,52 +410,27 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
              CORR: T.Buffer((n16,), "int32"), MULT: T.Buffer((n16,), f32), YP: T.Buffer(shape_y, out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-        X = T.decl_buffer((mp * kp,), "uint8", data=XP.data)
+        X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
         W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
         Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
-        for task in T.parallel(nbt * mgroups):  # (channel block, row group) pairs
+        for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-            for i in range(64):
-                cfg[i] = T.uint8(0)
-            cfg[0] = T.uint8(1)
-            for i in range(8):
-                cfg[16 + i * 2] = T.uint8(64)
-                cfg[48 + i] = T.uint8(16)
-            tile("ldtilecfg", T.address_of(cfg[0]))
+            rows_copy = T.decl_buffer((32 * kp if tail else 1,), "uint8", scope="local")
+            configure(cfg)
             for mi in range(gsize):
                 if rb(task, mi) < mblocks:
-                    tile("tilezero", T.uint8(0))
-                    tile("tilezero", T.uint8(1))
-                    tile("tilezero", T.uint8(2))
-                    tile("tilezero", T.uint8(3))
-                    for q in range(kc):
-                        tile("tileloadd64", T.uint8(4), T.address_of(X[row0(task, mi) * kp + q * TILE_K]),
-                             T.int64(kp))
-                        tile("tileloadd64", T.uint8(5), T.address_of(X[(row0(task, mi) + 16) * kp + q * TILE_K]),
-                             T.int64(kp))
-                        tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]), T.int64(64))
-                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-                        if cb(task) < nb216:
-                            tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]),
-                                 T.int64(64))
-                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
-                    tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
-                    tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-                    tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-                    tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+                    block(X, W, rows_copy, acc, task, mi)
                     for i, ct in T.grid(32, 2):
-                        if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb216):
-                            if cb(task) * 32 + ct * 16 + 16 <= nn:
+                        if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb2):
+                            if col(task, ct, 16) <= nn:
                                 for c in T.vectorized(16):
-                                    Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
+                                    Y[row0(task, mi) + i, col(task, ct, c)] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(task, ct, c))
                             else:  # the last, partial tile of columns
                                 for c in range(nn % 16):
-                                    Y[row0(task, mi) + i, cb(task) * 32 + ct * 16 + c] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
+                                    Y[row0(task, mi) + i, col(task, ct, c)] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(task, ct, c))
             tile("tilerelease")
     return func
 
@@ -444,9 +445,10 @@ def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
 
 
 def matmul_input(L, x, shape, mp: int, kp: int, zero: int):
-    """The u8 input as [mp, kp] rows (a copy padded with ``zero`` only when M or K is not a multiple)."""
+    """The u8 input as matmul rows for ``matmul_func``: the input itself when it has 32 rows or more (rows of any
+    length), else a copy padded with ``zero`` to ``mp`` (32) rows of ``kp`` bytes."""
     m, k = int(np.prod(shape[:-1])), shape[-1]
-    if m == mp and k == kp:
+    if m >= 32:
         return x, tuple(shape)
     te, tir = L.te, L.tir
 
