@@ -6,7 +6,7 @@ Per model: lowbit fp32 (O2) and int8 (the ``int8`` preset: quantize{calibrator=m
 onnxruntime fp32 and its fastest int8 form — quantize_static (QDQ, per-channel S8 weights, U8 activations) of
 the model after onnxruntime's own ``quant_pre_process`` (which folds batch norms into convolutions: without it
 onnxruntime's int8 ResNet-18 runs 2x slower), and for transformers also quantize_dynamic — all timed in one
-process with the same thread count (medians after warm-up), and the cosine of each int8 output to fp32 on
+process with the same thread count, in alternating rounds (medians after warm-up), and the cosine of each int8 output to fp32 on
 held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's faster form of
 those whose cosine to fp32 is at least 0.99.
 
@@ -80,15 +80,22 @@ def _pooled(hidden, mask):
     return (hidden.astype(np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
 
 
-def _median_ms(fn, runs: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    t = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(t)
+def _interleaved_ms(fns: dict, runs: int, rounds: int = 5, warmup: int = 3) -> dict:
+    """Median ms per call of each of ``fns``, timed in ``rounds`` alternating rounds (``runs`` calls each in all,
+    after ``warmup`` calls per round), so a change in the shared machine's speed hits every contestant alike. A
+    pause before each round lets the previous contestant's worker threads (onnxruntime's spin) go idle."""
+    times = {name: [] for name in fns}
+    per_round = max(1, -(-runs // rounds))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            time.sleep(0.05)
+            for _ in range(warmup):
+                fn()
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _cos(a, b, feed=None) -> float:
@@ -164,27 +171,30 @@ def main(argv=None) -> int:
         lowbit.compile(str(src), pipeline="int8", shapes=shapes, calibration=calib).save(q8)
         compile_s = time.perf_counter() - t0
         m_fp, m_q = rt.load(fp), rt.load(q8)
-        rt.set_threads(a.threads)
-        feed = held[0]
-        r = {"model": name, "int8_compile_s": round(compile_s, 1)}
-        r["lowbit_fp32_ms"] = m_fp.benchmark(feed, runs=a.runs)["median_ms"]
-        r["lowbit_int8_ms"] = m_q.benchmark(feed, runs=a.runs)["median_ms"]
         m_dyn = None
         if text:  # transformers: dynamic quantization too, as onnxruntime's fastest form
             qd8 = work / f"{name}.dyn.lbit"
             lowbit.compile(str(src), pipeline="int8-dynamic", shapes=shapes).save(qd8)
             m_dyn = rt.load(qd8)
-            rt.set_threads(a.threads)
-            r["lowbit_int8_dynamic_ms"] = m_dyn.benchmark(feed, runs=a.runs)["median_ms"]
+        rt.set_threads(a.threads)
+        feed = held[0]
+        r = {"model": name, "int8_compile_s": round(compile_s, 1)}
         s_fp = session(src)
-        r["ort_fp32_ms"] = _median_ms(lambda: s_fp.run(None, feed), a.runs)
+        s_q = {kind: session(path) for kind, path in ort_q.items()}
+        fns = {}
+        for key, m in (("lowbit_fp32_ms", m_fp), ("lowbit_int8_ms", m_q), ("lowbit_int8_dynamic_ms", m_dyn)):
+            if m is not None:
+                args, f = m._prepare(feed), m._vm["main"]
+                fns[key] = lambda f=f, args=args: f(*args)
+        fns["ort_fp32_ms"] = lambda: s_fp.run(None, feed)
+        for kind, s in s_q.items():
+            fns[f"ort_int8_{kind}_ms"] = lambda s=s: s.run(None, feed)
+        r.update(_interleaved_ms(fns, a.runs))
         best = None
-        for kind, path in ort_q.items():
-            s = session(path)
-            ms = _median_ms(lambda: s.run(None, feed), a.runs)
-            r[f"ort_int8_{kind}_ms"] = ms
+        for kind, s in s_q.items():
             cos = min(_cos(s.run(None, h)[0], s_fp.run(None, h)[0], h) for h in held)
             r[f"ort_int8_{kind}_cos"] = cos
+            ms = r[f"ort_int8_{kind}_ms"]
             best = ms if best is None else min(best, ms)
         r["ort_int8_best_ms"] = best
         cos = []
@@ -213,9 +223,9 @@ def main(argv=None) -> int:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "—")) for c in cols) + " |")
-    print(f"\n{a.threads} threads, medians of {a.runs} runs after 5 warm-up; calibration: {a.calib} samples; cosine "
-          f"to onnxruntime fp32: min over held-out inputs (4 random; minilm: 24 real sentences, of mean-pooled "
-          f"sentence embeddings), first output")
+    print(f"\n{a.threads} threads, medians of {a.runs} runs in 5 alternating rounds (3 warm-up calls each); "
+          f"calibration: {a.calib} samples; cosine to onnxruntime fp32: min over held-out inputs (4 random; minilm: "
+          f"24 real sentences, of mean-pooled sentence embeddings), first output")
     return 0
 
 
