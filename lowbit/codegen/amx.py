@@ -302,8 +302,12 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     n16 = (nn + 15) // 16 * 16  # columns padded to whole tiles (weights 0, not stored)
     nb2, nblocks, mblocks = n16 // 32, (n16 + 31) // 32, (m + 31) // 32
     mgroups, gsize = _row_groups(mblocks, nblocks)
-    safe = (xbytes - kp) // k - 31  # the last first row of a block that reads inside X only
-    tail = safe < mp - 32  # (then the blocks past it copy their rows)
+    small = mp <= 16  # a few rows (a classifier's one): one tile of mp rows, not two of 16
+    mt = mp if small else 16  # rows per tile
+    brows = mt if small else 32  # rows per block
+    last = max(mp - 32, 0)  # the last block's first row
+    safe = (xbytes - kp) // k - (brows - 1)  # the last first row of a block that reads inside X only
+    tail = safe < last  # (the blocks past it copy their rows)
     kc = kp // TILE_K
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
@@ -315,7 +319,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         return task // nblocks * gsize + i
 
     def row0(task, i):  # the block's first row (a last block ends at the last row, recomputing some)
-        return T.min(rb(task, i) * 32, mp - 32)
+        return T.min(rb(task, i) * 32, last)
 
     def col(task, ct, c):  # column c of the block's ct-th 16-column tile
         return cb(task) * 32 + ct * 16 + c
@@ -334,14 +338,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def chunks(src, base, stride, W, task):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
         for q in range(kc):
             tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * TILE_K]), T.int64(stride))
-            tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
+            if not small:
+                tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
             tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]), T.int64(64))
             tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-            tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+            if not small:
+                tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
             if cb(task) < nb2:  # a second 16-column tile
                 tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]), T.int64(64))
                 tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                if not small:
+                    tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
 
     @T.macro
     def block(X, W, rows_copy, acc, task, mi):  # one 32 x 32 block into acc[row][column] (i32)
@@ -351,7 +358,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         tile("tilezero", T.uint8(3))
         if tail:
             if row0(task, mi) > safe:  # its reads would pass X's end: its rows padded to kp bytes
-                for i, j in T.grid(32, kp):
+                for i, j in T.grid(brows, kp):
                     rows_copy[i * kp + j] = T.if_then_else(j < k, X[(row0(task, mi) + i) * k + T.min(j, k - 1)],
                                                            T.uint8(0))
                 chunks(rows_copy, 0, kp, W, task)
@@ -361,17 +368,18 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             chunks(X, row0(task, mi) * k, k, W, task)
         tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
         tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
-        tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
-        tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
+        if not small:
+            tile("tilestored64", T.uint8(2), T.address_of(acc[512]), T.int64(128))
+            tile("tilestored64", T.uint8(3), T.address_of(acc[528]), T.int64(128))
 
     @T.macro
-    def configure(cfg):  # palette 1, every tile 16 rows of 64 bytes
+    def configure(cfg):  # palette 1, every tile 64 bytes wide; mt rows (accumulators, inputs), 16 (weights)
         for i in range(64):
             cfg[i] = T.uint8(0)
         cfg[0] = T.uint8(1)
         for i in range(8):
             cfg[16 + i * 2] = T.uint8(64)
-            cfg[48 + i] = T.uint8(16)
+            cfg[48 + i] = T.uint8(16 if i >= 6 else mt)
         tile("ldtilecfg", T.address_of(cfg[0]))
 
     if dynamic:
@@ -386,7 +394,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
                 cfg = T.decl_buffer((64,), "uint8", scope="local")
                 acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-                rows_copy = T.decl_buffer((32 * kp if tail else 1,), "uint8", scope="local")
+                rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
                 configure(cfg)
                 for mi in range(gsize):
                     if rb(task, mi) < mblocks:
@@ -416,7 +424,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-            rows_copy = T.decl_buffer((32 * kp if tail else 1,), "uint8", scope="local")
+            rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
             configure(cfg)
             for mi in range(gsize):
                 if rb(task, mi) < mblocks:
@@ -444,11 +452,16 @@ def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(kp // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
 
 
+def padded_rows(m: int) -> int:
+    """Rows ``matmul_func`` takes for an M-row matmul: M itself from 32 up and up to 16 (one tile), else 32."""
+    return m if m <= 16 or m >= 32 else 32
+
+
 def matmul_input(L, x, shape, mp: int, kp: int, zero: int):
-    """The u8 input as matmul rows for ``matmul_func``: the input itself when it has 32 rows or more (rows of any
-    length), else a copy padded with ``zero`` to ``mp`` (32) rows of ``kp`` bytes."""
+    """The u8 input as matmul rows for ``matmul_func``: the input itself (rows of any length) when ``mp`` (from
+    ``padded_rows``) is its row count, else a copy padded with ``zero`` to ``mp`` (32) rows of ``kp`` bytes."""
     m, k = int(np.prod(shape[:-1])), shape[-1]
-    if m >= 32:
+    if m == mp:
         return x, tuple(shape)
     te, tir = L.te, L.tir
 

@@ -511,7 +511,7 @@ def _qmatmul(L, op, x, w, b=None):
 
         rt = op.result.type
         m = int(np.prod(xt.shape[:-1]))
-        mp, kp = max(m, 32), -(-k // 64) * 64  # rows padded only below 32
+        mp, kp = amx.padded_rows(m), -(-k // 64) * 64
         xr, shape_x = amx.matmul_input(L, x, xt.shape, mp, kp, zx)
         lo, hi = rt.dtype.iinfo()
         zy = int(rt.quant.zero_point[0])
@@ -979,7 +979,7 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
             if x_nhwc and (kh, kw) == (1, 1) and tuple(a["strides"]) == (1, 1) and not any(a["pads"]):
                 # a 1x1 conv of NHWC pixels is a matmul of their rows: no padded copy when C is a multiple of 64
                 m, kp = n * h * wd, -(-c // 64) * 64
-                mp = max(m, 32)
+                mp = amx.padded_rows(m)
                 xr, shape_x = amx.matmul_input(L, x, (n, h, wd, c), mp, kp, zx)
                 lo, hi = rt.dtype.iinfo()
                 zy = int(rt.quant.zero_point[0])
