@@ -1026,6 +1026,8 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
                              _np(xt), xt.dtype.iinfo()[0])
         gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_max_pool_nhwc")
         return relax.call_tir(gv, relax.Tuple([get_nhwc(op.operands[0])]), relax.TensorType(nhwc_shape, _np(rt)))
+    if name == "global_avg_pool":  # over the pixels of NHWC values: no transpose of the whole map first
+        return L.R.mean(get_nhwc(op.operands[0]), axis=[1, 2], keepdims=True)
     if name not in _NHWC_ELEMENTWISE:
         return None
     args = []
