@@ -301,7 +301,9 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     rows, pr = (m, 1) if per_row else (1, 0)
     n16 = (nn + 15) // 16 * 16  # columns padded to whole tiles (weights 0, not stored)
     nb2, nblocks, mblocks = n16 // 32, (n16 + 31) // 32, (m + 31) // 32
-    mgroups, gsize = _row_groups(mblocks, nblocks)
+    nb = mblocks * nblocks  # 32 x 32 blocks, taken row block by row block (a row's outputs written together)
+    tasks = min(nb, 16)  # parallel tasks, each a run of consecutive blocks
+    per = -(-nb // tasks)
     small = mp <= 16  # a few rows (a classifier's one): one tile of mp rows, not two of 16
     mt = mp if small else 16  # rows per tile
     brows = mt if small else 32  # rows per block
@@ -312,17 +314,14 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
 
-    def cb(task):  # a parallel task's block of 32 output columns
-        return task % nblocks
+    def cb(b):  # block b's 32 output columns
+        return b % nblocks
 
-    def rb(task, i):  # its i-th block of 32 rows
-        return task // nblocks * gsize + i
+    def row0(b):  # its first row (a last block ends at the last row, recomputing some)
+        return T.min(b // nblocks * 32, last)
 
-    def row0(task, i):  # the block's first row (a last block ends at the last row, recomputing some)
-        return T.min(rb(task, i) * 32, last)
-
-    def col(task, ct, c):  # column c of the block's ct-th 16-column tile
-        return cb(task) * 32 + ct * 16 + c
+    def col(b, ct, c):  # column c of its ct-th 16-column tile
+        return cb(b) * 32 + ct * 16 + c
 
     def requant(corr, mult, v, ch):
         return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
@@ -335,37 +334,37 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
 
     @T.macro
-    def chunks(src, base, stride, W, task):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
+    def chunks(src, base, stride, W, b):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
         for q in range(kc):
             tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * TILE_K]), T.int64(stride))
             if not small:
                 tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
-            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(task) * 32 * kp + q * 1024]), T.int64(64))
+            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(b) * 32 * kp + q * 1024]), T.int64(64))
             tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
             if not small:
                 tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
-            if cb(task) < nb2:  # a second 16-column tile
-                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(task) * 32 + 16) * kp + q * 1024]), T.int64(64))
+            if cb(b) < nb2:  # a second 16-column tile
+                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(b) * 32 + 16) * kp + q * 1024]), T.int64(64))
                 tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
                 if not small:
                     tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
 
     @T.macro
-    def block(X, W, rows_copy, acc, task, mi):  # one 32 x 32 block into acc[row][column] (i32)
+    def block(X, W, rows_copy, acc, b):  # one 32 x 32 block into acc[row][column] (i32)
         tile("tilezero", T.uint8(0))
         tile("tilezero", T.uint8(1))
         tile("tilezero", T.uint8(2))
         tile("tilezero", T.uint8(3))
         if tail:
-            if row0(task, mi) > safe:  # its reads would pass X's end: its rows padded to kp bytes
+            if row0(b) > safe:  # its reads would pass X's end: its rows padded to kp bytes
                 for i, j in T.grid(brows, kp):
-                    rows_copy[i * kp + j] = T.if_then_else(j < k, X[(row0(task, mi) + i) * k + T.min(j, k - 1)],
+                    rows_copy[i * kp + j] = T.if_then_else(j < k, X[(row0(b) + i) * k + T.min(j, k - 1)],
                                                            T.uint8(0))
-                chunks(rows_copy, 0, kp, W, task)
+                chunks(rows_copy, 0, kp, W, b)
             else:
-                chunks(X, row0(task, mi) * k, k, W, task)
+                chunks(X, row0(b) * k, k, W, b)
         else:
-            chunks(X, row0(task, mi) * k, k, W, task)
+            chunks(X, row0(b) * k, k, W, b)
         tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
         tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
         if not small:
@@ -391,26 +390,26 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
             W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
             Y = T.decl_buffer((m, nn), f32, data=YP.data)
-            for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
+            for task in T.parallel(tasks):
                 cfg = T.decl_buffer((64,), "uint8", scope="local")
                 acc = T.decl_buffer((32 * 32,), "int32", scope="local")
                 rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
                 configure(cfg)
-                for mi in range(gsize):
-                    if rb(task, mi) < mblocks:
-                        block(X, W, rows_copy, acc, task, mi)
+                for b in range(task * per, task * per + per):
+                    if b < nb:
+                        block(X, W, rows_copy, acc, b)
                         for i, ct in T.grid(32, 2):
-                            if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb2):
-                                if col(task, ct, 16) <= nn:
+                            if row0(b) + i < m and (ct == 0 or cb(b) < nb2):
+                                if col(b, ct, 16) <= nn:
                                     for c in T.vectorized(16):
-                                        Y[row0(task, mi) + i, col(task, ct, c)] = rescale(
-                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(task, mi) + i,
-                                            col(task, ct, c))
+                                        Y[row0(b) + i, col(b, ct, c)] = rescale(
+                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(b) + i,
+                                            col(b, ct, c))
                                 else:  # the last, partial tile of columns
                                     for c in range(nn % 16):
-                                        Y[row0(task, mi) + i, col(task, ct, c)] = rescale(
-                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(task, mi) + i,
-                                            col(task, ct, c))
+                                        Y[row0(b) + i, col(b, ct, c)] = rescale(
+                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(b) + i,
+                                            col(b, ct, c))
                 tile("tilerelease")
         return func
 
@@ -421,24 +420,24 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
         W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
         Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
-        for task in T.parallel(nblocks * mgroups):  # (column block, row group) pairs
+        for task in T.parallel(tasks):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
             rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
             configure(cfg)
-            for mi in range(gsize):
-                if rb(task, mi) < mblocks:
-                    block(X, W, rows_copy, acc, task, mi)
+            for b in range(task * per, task * per + per):
+                if b < nb:
+                    block(X, W, rows_copy, acc, b)
                     for i, ct in T.grid(32, 2):
-                        if row0(task, mi) + i < m and (ct == 0 or cb(task) < nb2):
-                            if col(task, ct, 16) <= nn:
+                        if row0(b) + i < m and (ct == 0 or cb(b) < nb2):
+                            if col(b, ct, 16) <= nn:
                                 for c in T.vectorized(16):
-                                    Y[row0(task, mi) + i, col(task, ct, c)] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(task, ct, c))
+                                    Y[row0(b) + i, col(b, ct, c)] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(b, ct, c))
                             else:  # the last, partial tile of columns
                                 for c in range(nn % 16):
-                                    Y[row0(task, mi) + i, col(task, ct, c)] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(task, ct, c))
+                                    Y[row0(b) + i, col(b, ct, c)] = requant(
+                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(b, ct, c))
             tile("tilerelease")
     return func
 
