@@ -2,7 +2,8 @@
 depthwise convolution on quantized values. Rows run in parallel; inside a row the columns whose window lies
 inside the input run as strided vectors (16 wide, and one of the rest) and only the border columns test their
 taps, so no padded copy of the input is made and no lane computes an address apart. On NHWC values (the AMX
-integer regions) they work a pixel at a time over channel vectors."""
+integer regions) they work over 16-channel vectors: max pooling a pixel at a time, the depthwise convolution
+from a ring of input rows converted to f32 once each."""
 from __future__ import annotations
 
 
