@@ -1,8 +1,10 @@
 """Per-kernel time of a compiled model: where the milliseconds go.
 
-    python benchmarks/kernel_profile.py MODEL.onnx|ART.lbit [--runs 20] [--threads 2] [--top 25] [--shape x=1x3x224x224]
+    python benchmarks/kernel_profile.py MODEL.onnx [-p int8 --calib C.npz] [--runs 20] [--threads 2] [--top 25]
+        [--shape x=1x3x224x224]
 
-Compiles an ONNX file (or loads an artifact), runs it with a Relax VM instrument that times every kernel
+Compiles an ONNX file (its Relax program as VM bytecode, for the VM's instrument hook; an artifact built with
+VM_EXEC_MODE = "bytecode" loads too), runs it with a Relax VM instrument that times every kernel
 call, and prints kernels by total median time with their share of the run (plus the VM's own overhead).
 """
 from __future__ import annotations
@@ -60,21 +62,28 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=25)
     p.add_argument("--shape", action="append", default=[])
     p.add_argument("-p", "--pipeline", default="O2")
+    p.add_argument("--calib", help="calibration data (.npz) for a pipeline that quantizes")
     a = p.parse_args(argv)
     import lowbit
+    import lowbit.codegen
     import lowbit.runtime as rt
 
     path = a.model
     if not path.endswith(".lbit"):
         shapes = {k: tuple(int(d) for d in v.split("x")) for k, v in (s.split("=", 1) for s in a.shape)}
         t0 = time.perf_counter()
-        art = lowbit.compile(path, pipeline=a.pipeline, shapes=shapes or None)
+        lowbit.codegen.VM_EXEC_MODE = "bytecode"  # (the VM's instrument hook, which times each kernel call)
+        art = lowbit.compile(path, pipeline=a.pipeline, shapes=shapes or None, calibration=a.calib)
         print(f"compiled in {time.perf_counter() - t0:.1f} s")
         path = tempfile.mktemp(suffix=".lbit")
         art.save(path)
     module = rt.load(path)
     rt.set_threads(a.threads)
     rows, total = profile(module, a.runs)
+    if not rows:
+        print(f"{a.model}: no kernel call was seen: the artifact's Relax program is compiled machine code (the "
+              f"default); give the ONNX model instead, which this script builds as VM bytecode", file=sys.stderr)
+        return 1
     kernels = sum(r[1] for r in rows)
     print(f"median run {total:.3f} ms; kernels {kernels:.3f} ms; other (VM, allocation) {total - kernels:.3f} ms")
     print(f"{'ms':>8} {'share':>6} {'calls':>5}  kernel")
