@@ -121,6 +121,10 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     def tile(op, *args):
         return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
 
+    def prefetch(buf, i):  # into L1, for reading (clamped to the buffer)
+        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.prefetch.p0"), T.address_of(buf[T.min(
+            i, op_ // 16 * wstride_o - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+
     @T.prim_func
     def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
              CORR: T.Buffer((op_,), "int32"), MULT: T.Buffer((op_,), "float32"),
@@ -146,6 +150,9 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tilezero", T.uint8(2))
                     tile("tilezero", T.uint8(3))
                     for r, s, q in T.grid(kh, kw, kc):
+                        for line in T.unroll(16):  # the next chunk's weight tiles into L1 (a tile row that misses
+                            prefetch(W, wtap(cb(task) * 2, r, s, q) + 1024 + line * 64)  # L1 waits on its own)
+                            prefetch(W, wtap(cb(task) * 2 + 1, r, s, q) + 1024 + line * 64)
                         # the second tile of an odd last pair repeats the first (same values, stored twice)
                         tile("tileloadd64", T.uint8(4), T.address_of(X[tap(base(tl(task, mi, 0)), r, s, q)]),
                              T.int64(lds))
