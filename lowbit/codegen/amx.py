@@ -340,9 +340,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def tile(op, *args):
         return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
 
+    def prefetch(buf, i):  # into L1, for reading (clamped to the buffer)
+        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.prefetch.p0"), T.address_of(buf[T.min(i, n16 * kp - 1)]),
+                                             T.int32(0), T.int32(3), T.int32(1)))
+
     @T.macro
     def chunks(src, base, stride, W, b):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
         for q in range(kc):
+            if kc >= 4:  # long rows: the next chunk's weight tiles into L1 (a tile row missing L1 waits on its own)
+                for line in T.unroll(16):
+                    prefetch(W, cb(b) * 32 * kp + (q + 1) * 1024 + line * 64)
+                    prefetch(W, (cb(b) * 32 + 16) * kp + (q + 1) * 1024 + line * 64)
             tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * TILE_K]), T.int64(stride))
             if not small:
                 tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
