@@ -1,14 +1,14 @@
 """INT8 against onnxruntime's quantizer: latency and fidelity, same calibration data, same process.
 
-    python benchmarks/int8.py [--models resnet18,mobilenet_v2,minilm] [--runs 30] [--threads 2] [--calib 8]
+    python benchmarks/int8.py [--models resnet18,mobilenet_v2,minilm] [--runs 50] [--threads 2] [--calib 8]
 
 Per model: lowbit fp32 (O2) and int8 (the ``int8`` preset: quantize{calibrator=mse} + integer kernels),
 onnxruntime fp32 and its fastest int8 form — quantize_static (QDQ, per-channel S8 weights, U8 activations) of
 the model after onnxruntime's own ``quant_pre_process`` (which folds batch norms into convolutions: without it
 onnxruntime's int8 ResNet-18 runs 2x slower), and for transformers also quantize_dynamic — all timed in one
-process with the same thread count, in alternating rounds (medians after warm-up), and the cosine of each int8 output to fp32 on
-held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's faster form of
-those whose cosine to fp32 is at least 0.99.
+process with the same thread count, in alternating rounds (medians after warm-up), and the cosine of each int8
+output to fp32 on held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's
+faster form of those whose cosine to fp32 is at least 0.99.
 
 Models: the test zoo's (tests/zoo.py: resnet18, mobilenet_v2, encoder; random weights) and ``minilm``
 (all-MiniLM-L6-v2 with its real weights, sequence 128, benchmarks/zoo/real.py), for which the cosine is of
@@ -110,7 +110,7 @@ def _cos(a, b, feed=None) -> float:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2,minilm")
-    p.add_argument("--runs", type=int, default=30)
+    p.add_argument("--runs", type=int, default=50)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calib", type=int, default=8)
     a = p.parse_args(argv)
