@@ -25,3 +25,18 @@ def test_digits_subset(tmp_path):
     assert acc["lowbit"]["accuracy"] > 0.9  # a trained model, not chance
     assert round(acc["lowbit"]["accuracy"], 4) == round(acc["onnxruntime"]["accuracy"], 4)
     assert (tmp_path / "latest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_int8_benchmark_runs_on_the_zoo_encoder():
+    """benchmarks/int8.py end to end on a small model: both quantizers, both timed, fidelity measured."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "int8.py"), "--models", "encoder", "--runs", "5"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (row,) = [line for line in p.stdout.splitlines() if line.startswith("| encoder |")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    header = [c.strip() for c in next(line for line in p.stdout.splitlines() if line.startswith("| model |"))
+              .strip("|").split("|")]
+    r = dict(zip(header, cells))
+    assert float(r["lowbit_int8_ms"]) > 0 and float(r["ort_int8_static_ms"]) > 0
+    assert float(r["lowbit_int8_cos"]) > 0.99 and float(r["ort_int8_static_cos"]) > 0.99
+    assert float(r["lowbit_int8_vs_ort_int8"]) > 0
