@@ -231,16 +231,16 @@ def test_nhwc_integer_region_matches_the_reference():
     def q(s, z):
         return QuantParams((s,), (z,))
 
-    def conv(x, cin, cout, k, stride, pad, groups, relu, out_q, seed):
+    def conv(x, cin, cout, k, stride, pad, groups, relu, out_q, seed, dilation=1):
         r = np.random.default_rng(seed)
         w = g.const(r.integers(-127, 128, (cout, cin // groups, k, k)).astype(np.int8),
                     type=TensorType((cout, cin // groups, k, k), dt.i8,
                                     QuantParams(tuple(map(float, r.uniform(0.002, 0.01, cout))), (0,) * cout, 0)))
         n, _, h, wd = x.type.shape
-        oh = (h + 2 * pad - k) // stride + 1
+        oh = (h + 2 * pad - dilation * (k - 1) - 1) // stride + 1
         return g.create("qconv2d", [x, w, g.const(r.integers(-3000, 3000, cout).astype(np.int32))],
                         {"strides": (stride, stride), "pads": (pad,) * 4, "groups": groups,
-                         "activation": "relu" if relu else "none"},
+                         "dilations": (dilation, dilation), "activation": "relu" if relu else "none"},
                         [TensorType((n, cout, oh, oh), dt.u8, out_q)]).result
 
     x = g.add_input("x", TensorType((1, 24, 13, 13), dt.u8, q(0.05, 120)))
@@ -252,6 +252,7 @@ def test_nhwc_integer_region_matches_the_reference():
     f = conv(f, 24, 40, 3, 2, 1, 1, False, q(0.05, 7), 7)       # AMX on NHWC, 40 channels out (a partial tile)
     f = conv(f, 40, 40, 3, 1, 1, 40, True, q(0.04, 0), 8)       # depthwise NHWC: 2 vectors and 8 channels
     e = conv(y2, 32, 32, 5, 2, 2, 32, False, q(0.05, 3), 9)     # depthwise 5x5 stride 2, input zero point 125
+    e2 = conv(y2, 32, 32, 3, 1, 2, 32, True, q(0.05, 0), 10, 2)  # depthwise, dilation 2
     s = g.create("add", [g.create("dequantize", [y1]).result, g.create("dequantize", [y2]).result]).result
     s = g.create("quantize", [g.create("relu", [s]).result], {}, [TensorType((1, 32, 13, 13), dt.u8, q(0.1, 0))]).result
     p = g.create("max_pool2d", [s], {"kernel": (3, 3), "strides": (2, 2), "pads": (1, 1, 1, 1)},
@@ -265,7 +266,7 @@ def test_nhwc_integer_region_matches_the_reference():
     diff = np.abs(got["y"].astype(np.int32) - want["y"].astype(np.int32))  # downstream of those steps
     assert np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
     # the integer ops alone (no float add between them) are exact
-    g.set_outputs([y1, y2, b, f, e], ["y1", "y2", "b", "f", "e"])
+    g.set_outputs([y1, y2, b, f, e, e2], ["y1", "y2", "b", "f", "e", "e2"])
     want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
-    for k in ("y1", "y2", "b", "f", "e"):
+    for k in ("y1", "y2", "b", "f", "e", "e2"):
         np.testing.assert_array_equal(got[k], want[k])
