@@ -224,8 +224,7 @@ def main(argv=None) -> int:
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "—")) for c in cols) + " |")
     print(f"\n{a.threads} threads, medians of {max(1, -(-a.runs // 5)) * 5} runs in 5 alternating rounds (3 warm-up "
-          f"calls each); "
-          f"calibration: {a.calib} samples; cosine to onnxruntime fp32: min over held-out inputs (4 random; minilm: "
+          f"calls each); calibration: {a.calib} samples; cosine to onnxruntime fp32: min over held-out inputs (4 random; minilm: "
           f"24 real sentences, of mean-pooled sentence embeddings), first output")
     return 0
 

@@ -4,8 +4,8 @@
         [--shape x=1x3x224x224]
 
 Compiles an ONNX file (its Relax program as VM bytecode, for the VM's instrument hook; an artifact built with
-VM_EXEC_MODE = "bytecode" loads too), runs it with a Relax VM instrument that times every kernel
-call, and prints kernels by total median time with their share of the run (plus the VM's own overhead).
+``lowbit.codegen.VM_EXEC_MODE = "bytecode"`` loads too), runs it with a Relax VM instrument that times every
+kernel call, and prints kernels by total median time with their share of the run (plus the VM's own overhead).
 """
 from __future__ import annotations
 

@@ -14,6 +14,22 @@ import numpy as np
 TILE_M, TILE_N, TILE_K = 16, 16, 64  # pixels, output channels, input channels (bytes) per tile
 
 
+def _tile(op: str, *args):
+    """A call of LLVM's AMX intrinsic ``llvm.x86.<op>`` as a TIR statement (tile numbers: literal uint8)."""
+    from tvm.script import tirx as T
+
+    return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id("llvm.x86." + op), *args))
+
+
+def _prefetch(buf, i, size: int):
+    """Prefetch the cache line of ``buf[i]`` into L1 for reading (``i`` clamped to the buffer's ``size``): a tile
+    load whose rows miss L1 waits on each row in turn."""
+    from tvm.script import tirx as T
+
+    return T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id("llvm.prefetch.p0"),
+                                         T.address_of(buf[T.min(i, size - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+
+
 def _row_groups(mblocks: int, nblocks: int, tasks: int = 16) -> tuple[int, int]:
     """Split the row blocks into groups so that (channel block, row group) pairs make about ``tasks`` parallel
     tasks: channel blocks alone are too few for narrow layers (a 32-channel stem is one). A task keeps its
@@ -111,19 +127,15 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
         return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast("float32", v + corr[ch]) * mult[ch]) + zy, hi), lo))
     lds = sw * cp  # bytes between consecutive output pixels' input rows
     wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
-    ID = T.llvm_lookup_intrinsic_id
-
     out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
 
     def base(t):  # input element offset (times cp) of a 16-pixel tile's first pixel, tap (0, 0)
         return ((t // ohw * hp + t % ohw // owt * sh) * wp + t % owt * TILE_M * sw) * cp
 
-    def tile(op, *args):
-        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
+    tile = _tile
 
-    def prefetch(buf, i):  # into L1, for reading (clamped to the buffer)
-        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.prefetch.p0"), T.address_of(buf[T.min(
-            i, op_ // 16 * wstride_o - 1)]), T.int32(0), T.int32(3), T.int32(1)))
+    def prefetch(buf, i):
+        return _prefetch(buf, i, op_ // 16 * wstride_o)
 
     @T.prim_func
     def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
@@ -150,8 +162,8 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tilezero", T.uint8(2))
                     tile("tilezero", T.uint8(3))
                     for r, s, q in T.grid(kh, kw, kc):
-                        for line in T.unroll(16):  # the next chunk's weight tiles into L1 (a tile row that misses
-                            prefetch(W, wtap(cb(task) * 2, r, s, q) + 1024 + line * 64)  # L1 waits on its own)
+                        for line in T.unroll(16):  # the next chunk's weight tiles into L1
+                            prefetch(W, wtap(cb(task) * 2, r, s, q) + 1024 + line * 64)
                             prefetch(W, wtap(cb(task) * 2 + 1, r, s, q) + 1024 + line * 64)
                         # the second tile of an odd last pair repeats the first (same values, stored twice)
                         tile("tileloadd64", T.uint8(4), T.address_of(X[tap(base(tl(task, mi, 0)), r, s, q)]),
@@ -271,7 +283,7 @@ def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool =
             return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
                                     X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
         return te.compute((n, p.hp, p.wp, p.cpix), at, name="pad_nhwc")
-    if not x_nhwc and p.cpix == 4 and p.wp >= pl + wd:  # a narrow (RGB) input: one word per pixel
+    if not x_nhwc and p.cpix == 4:  # a narrow (RGB) NCHW input: one word per pixel
         f = pixel_words_func(n, c, h, wd, p.hp, p.wp, pt, pl, zx)
         xp = relax.call_tir(L.bb.add_func(f.without_attr("global_symbol"), "lowbit_amx_pixel_words"), relax.Tuple([x]),
                             relax.TensorType((n, p.hp, p.wp, 4), "uint8"))
@@ -318,7 +330,6 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     safe = (xbytes - kp) // k - (brows - 1)  # the last first row of a block that reads inside X only
     tail = safe < last  # (the blocks past it copy their rows)
     kc = kp // TILE_K
-    ID = T.llvm_lookup_intrinsic_id
     f32 = "float32"
 
     def cb(b):  # block b's 32 output columns
@@ -330,24 +341,24 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def col(b, ct, c):  # column c of its ct-th 16-column tile
         return cb(b) * 32 + ct * 16 + c
 
-    def requant(corr, mult, v, ch):
+    def requant(consts, v, r, ch):  # static: the output element from accumulator v (row r, column ch)
+        corr, mult = consts
         return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
 
-    def rescale(ZP, SC, WS, S, B, v, r, ch):  # dynamic: f32(acc - zp * wsum) * (scale * wscale) [+ bias]
-        y = T.Cast(f32, v - ZP[r * pr] * WS[ch]) * (SC[r * pr] * S[ch])
-        return y + B[ch] if has_bias else y
+    def rescale(consts, v, r, ch):  # dynamic: f32(acc - zp * wsum) * (scale * wscale) [+ bias]
+        zp, sc, wsum, ws, bias = consts
+        y = T.Cast(f32, v - zp[r * pr] * wsum[ch]) * (sc[r * pr] * ws[ch])
+        return y + bias[ch] if has_bias else y
 
-    def tile(op, *args):
-        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.x86." + op), *args))
+    tile = _tile
 
-    def prefetch(buf, i):  # into L1, for reading (clamped to the buffer)
-        return T.evaluate(T.call_llvm_intrin("void", ID("llvm.prefetch.p0"), T.address_of(buf[T.min(i, n16 * kp - 1)]),
-                                             T.int32(0), T.int32(3), T.int32(1)))
+    def prefetch(buf, i):
+        return _prefetch(buf, i, n16 * kp)
 
     @T.macro
     def chunks(src, base, stride, W, b):  # acc (tmm0-3) += rows base.. (two tiles) x the block's 32 columns
         for q in range(kc):
-            if kc >= 4:  # long rows: the next chunk's weight tiles into L1 (a tile row missing L1 waits on its own)
+            if kc >= 4:  # long rows: the next chunk's weight tiles into L1
                 for line in T.unroll(16):
                     prefetch(W, cb(b) * 32 * kp + (q + 1) * 1024 + line * 64)
                     prefetch(W, (cb(b) * 32 + 16) * kp + (q + 1) * 1024 + line * 64)
@@ -396,45 +407,8 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             cfg[48 + i] = T.uint8(16 if i >= 6 else mt)
         tile("ldtilecfg", T.address_of(cfg[0]))
 
-    if dynamic:
-        @T.prim_func
-        def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
-                 ZP: T.Buffer((rows,), "int32"), SC: T.Buffer((rows,), f32), WS: T.Buffer((nn,), "int32"),
-                 S: T.Buffer((nn,), f32), B: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, f32)):
-            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-            X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
-            W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
-            Y = T.decl_buffer((m, nn), f32, data=YP.data)
-            for task in T.parallel(tasks):
-                cfg = T.decl_buffer((64,), "uint8", scope="local")
-                acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-                rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
-                configure(cfg)
-                for b in range(task * per, task * per + per):
-                    if b < nb:
-                        block(X, W, rows_copy, acc, b)
-                        for i, ct in T.grid(32, 2):
-                            if row0(b) + i < m and (ct == 0 or cb(b) < nb2):
-                                if col(b, ct, 16) <= nn:
-                                    for c in T.vectorized(16):
-                                        Y[row0(b) + i, col(b, ct, c)] = rescale(
-                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(b) + i,
-                                            col(b, ct, c))
-                                else:  # the last, partial tile of columns
-                                    for c in range(nn % 16):
-                                        Y[row0(b) + i, col(b, ct, c)] = rescale(
-                                            ZP, SC, WS, S, B, acc[i * 32 + ct * 16 + c], row0(b) + i,
-                                            col(b, ct, c))
-                tile("tilerelease")
-        return func
-
-    @T.prim_func
-    def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
-             CORR: T.Buffer((n16,), "int32"), MULT: T.Buffer((n16,), f32), YP: T.Buffer(shape_y, out_dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-        X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
-        W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
-        Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
+    @T.macro
+    def run(X, W, Y, consts, value):  # the kernel: blocks in parallel runs, each stored through value()
         for task in T.parallel(tasks):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             acc = T.decl_buffer((32 * 32,), "int32", scope="local")
@@ -447,13 +421,34 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                         if row0(b) + i < m and (ct == 0 or cb(b) < nb2):
                             if col(b, ct, 16) <= nn:
                                 for c in T.vectorized(16):
-                                    Y[row0(b) + i, col(b, ct, c)] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(b, ct, c))
+                                    Y[row0(b) + i, col(b, ct, c)] = value(consts, acc[i * 32 + ct * 16 + c],
+                                                                          row0(b) + i, col(b, ct, c))
                             else:  # the last, partial tile of columns
                                 for c in range(nn % 16):
-                                    Y[row0(b) + i, col(b, ct, c)] = requant(
-                                        CORR, MULT, acc[i * 32 + ct * 16 + c], col(b, ct, c))
+                                    Y[row0(b) + i, col(b, ct, c)] = value(consts, acc[i * 32 + ct * 16 + c],
+                                                                          row0(b) + i, col(b, ct, c))
             tile("tilerelease")
+
+    if dynamic:
+        @T.prim_func
+        def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
+                 ZP: T.Buffer((rows,), "int32"), SC: T.Buffer((rows,), f32), WS: T.Buffer((nn,), "int32"),
+                 S: T.Buffer((nn,), f32), B: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, f32)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+            X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
+            W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
+            Y = T.decl_buffer((m, nn), f32, data=YP.data)
+            run(X, W, Y, (ZP, SC, WS, S, B), rescale)
+        return func
+
+    @T.prim_func
+    def func(XP: T.Buffer(shape_x, "uint8"), WP: T.Buffer((n16 // 16, kp // 4, 16, 4), "int8"),
+             CORR: T.Buffer((n16,), "int32"), MULT: T.Buffer((n16,), f32), YP: T.Buffer(shape_y, out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((xbytes,), "uint8", data=XP.data)
+        W = T.decl_buffer((n16 * kp,), "int8", data=WP.data)
+        Y = T.decl_buffer((m, nn), out_dtype, data=YP.data)
+        run(X, W, Y, (CORR, MULT), requant)
     return func
 
 
@@ -466,24 +461,21 @@ def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(kp // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
 
 
-def padded_rows(m: int) -> int:
-    """Rows ``matmul_func`` takes for an M-row matmul: M itself from 32 up and up to 16 (one tile), else 32."""
-    return m if m <= 16 or m >= 32 else 32
-
-
-def matmul_input(L, x, shape, mp: int, kp: int, zero: int):
-    """The u8 input as matmul rows for ``matmul_func``: the input itself (rows of any length) when ``mp`` (from
-    ``padded_rows``) is its row count, else a copy padded with ``zero`` to ``mp`` (32) rows of ``kp`` bytes."""
+def matmul_input(L, x, shape, kp: int, zero: int):
+    """The u8 input as rows for ``matmul_func`` and their count ``mp``: the input itself (rows of any length)
+    when it has up to 16 rows (one tile) or 32 and more, else a copy padded with ``zero`` to 32 rows of ``kp``
+    bytes. Returns (rows, their shape, mp)."""
     m, k = int(np.prod(shape[:-1])), shape[-1]
-    if m == mp:
-        return x, tuple(shape)
+    if m <= 16 or m >= 32:
+        return x, tuple(shape), m
+    mp = 32
     te, tir = L.te, L.tir
 
     def fn(X):
         flat = te.compute((m, k), lambda i, j: X[tuple(_unravel(i, shape[:-1])) + (j,)], name="rows")
         return te.compute((mp, kp), lambda i, j: tir.if_then_else(tir.all(i < m, j < k), flat[tir.min(i, m - 1),
                           tir.min(j, k - 1)], tir.const(zero, "uint8")), name="pad_rows")
-    return L.te_(fn, x, name="lowbit_amx_rows"), (mp, kp)
+    return L.te_(fn, x, name="lowbit_amx_rows"), (mp, kp), mp
 
 
 def _unravel(i, dims):

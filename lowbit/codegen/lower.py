@@ -510,9 +510,8 @@ def _qmatmul(L, op, x, w, b=None):
         from . import amx
 
         rt = op.result.type
-        m = int(np.prod(xt.shape[:-1]))
-        mp, kp = amx.padded_rows(m), -(-k // 64) * 64
-        xr, shape_x = amx.matmul_input(L, x, xt.shape, mp, kp, zx)
+        kp = -(-k // 64) * 64
+        xr, shape_x, mp = amx.matmul_input(L, x, xt.shape, kp, zx)
         lo, hi = rt.dtype.iinfo()
         zy = int(rt.quant.zero_point[0])
         if op.attrs["activation"] == "relu":
@@ -977,10 +976,9 @@ def _lower_nhwc(L, op, nenv: dict, get, get_nhwc):
             corr = -zx * weight.reshape(o, -1).sum(axis=1) + bias
             _, _, oh, ow = rt.shape
             if x_nhwc and (kh, kw) == (1, 1) and tuple(a["strides"]) == (1, 1) and not any(a["pads"]):
-                # a 1x1 conv of NHWC pixels is a matmul of their rows: no padded copy when C is a multiple of 64
-                m, kp = n * h * wd, -(-c // 64) * 64
-                mp = amx.padded_rows(m)
-                xr, shape_x = amx.matmul_input(L, x, (n, h, wd, c), mp, kp, zx)
+                # a 1x1 conv of NHWC pixels is a matmul of their rows, read in place
+                kp = -(-c // 64) * 64
+                xr, shape_x, mp = amx.matmul_input(L, x, (n, h, wd, c), kp, zx)
                 lo, hi = rt.dtype.iinfo()
                 zy = int(rt.quant.zero_point[0])
                 if a["activation"] == "relu":
