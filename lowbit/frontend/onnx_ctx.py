@@ -1,0 +1,137 @@
+"""The shared core of the ONNX importer: ``Ctx`` (what a converter sees), ``NodeError``, ``onnx_dtype``,
+the ``converter`` decorator and its ``CONVERTERS`` table, and small helpers the op-family modules share
+(``ints``, ``norm_axis``, ``reshape_to``). It imports no op-family module; they import it.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import LowbitError
+from ..ir import dtypes as dt
+from ..ir.dtypes import DType
+from ..ir.graph import Graph, Value
+from ..ir.interp import evaluate_op
+from ..ir.types import TensorType
+
+# ONNX TensorProto element types lowbit understands.
+_ONNX_DTYPES = {1: dt.f32, 2: dt.u8, 3: dt.i8, 5: dt.i16, 6: dt.i32, 7: dt.i64, 9: dt.boolean, 10: dt.f16,
+                11: dt.f64, 16: dt.bf16, 17: dt.f8e4m3, 19: dt.f8e5m2, 21: dt.u4, 22: dt.i4}
+_ONNX_DTYPE_NAMES = {0: "UNDEFINED", 4: "UINT16", 8: "STRING", 12: "UINT32", 13: "UINT64", 14: "COMPLEX64",
+                     15: "COMPLEX128", 18: "FLOAT8E4M3FNUZ", 20: "FLOAT8E5M2FNUZ", 23: "FLOAT4E2M1"}
+
+# Ops that are never evaluated at import even when their operands are constant: folding a dequantize of an
+# int8 weight would throw away the quantization the model asks for.
+_NO_FOLD = {"quantize", "dequantize", "requantize"}
+
+
+class NodeError(Exception):
+    """Raised inside a converter; the importer prefixes the node's type and name."""
+
+
+def onnx_dtype(code: int, what: str) -> DType:
+    if code in _ONNX_DTYPES:
+        return _ONNX_DTYPES[code]
+    raise NodeError(f"{what} has ONNX element type {_ONNX_DTYPE_NAMES.get(code, code)}, which lowbit does not support")
+
+
+class Ctx:
+    """What a converter sees: the graph under construction and helpers for operands and attributes."""
+
+    def __init__(self, graph: Graph, opset: int):
+        self.graph = graph
+        self.opset = opset
+        self.env: dict[str, Value] = {}
+        self.node = None
+
+    # -- operands --------------------------------------------------------------------------------------
+    def inp(self, i: int) -> Value | None:
+        names = self.node.input
+        if i >= len(names) or names[i] == "":
+            return None
+        return self.env[names[i]]
+
+    def need(self, i: int, what: str) -> Value:
+        v = self.inp(i)
+        if v is None:
+            raise NodeError(f"input {i} ({what}) is required")
+        return v
+
+    def const(self, i: int, what: str, default=None):
+        """The value of input ``i`` as a numpy array; it must be constant (static shapes)."""
+        v = self.inp(i)
+        if v is None:
+            return default
+        if not v.is_const:
+            raise NodeError(f"input {i} ({what}) must be a constant: lowbit compiles static shapes, and "
+                            f"'{self.node.input[i]}' is computed at run time")
+        return v.const_value
+
+    # -- attributes -----------------------------------------------------------------------------------------
+    def attrs(self, **defaults) -> dict:
+        """Node attributes with ``defaults``; an attribute not listed there is refused by name."""
+        from onnx import helper
+
+        out = dict(defaults)
+        for a in self.node.attribute:
+            if a.name not in defaults:
+                raise NodeError(f"attribute '{a.name}' is not supported")
+            v = helper.get_attribute_value(a)
+            if isinstance(v, bytes):
+                v = v.decode()
+            elif isinstance(v, list):
+                v = [x.decode() if isinstance(x, bytes) else x for x in v]
+            out[a.name] = v
+        return out
+
+    # -- building -----------------------------------------------------------------------------------------
+    def op(self, opname: str, operands, attrs=None, result_types=None) -> Value:
+        return self.op_multi(opname, operands, attrs, result_types)[0]
+
+    def op_multi(self, opname: str, operands, attrs=None, result_types=None) -> list[Value]:
+        try:
+            op = self.graph.create(opname, operands, attrs or {}, result_types, loc=self.node.name or None)
+        except ValueError as e:
+            raise NodeError(str(e)) from None
+        if opname not in _NO_FOLD and all(v.is_const for v in operands) and operands:
+            return self.fold(op)
+        return op.results
+
+    def fold(self, op) -> list[Value]:
+        """Evaluate an op whose operands are all constant and replace it by constants."""
+        try:
+            vals = evaluate_op(op, [v.const_value for v in op.operands])
+        except LowbitError as e:
+            raise NodeError(str(e)) from None
+        new = [self.graph.const(a, loc=op.loc, type=r.type) for a, r in zip(vals, op.results)]
+        self.graph.replace_op(op, new)
+        return new
+
+    def const_value(self, array, type: TensorType | None = None) -> Value:
+        return self.graph.const(array, loc=self.node.name or None, type=type)
+
+
+CONVERTERS: dict[str, Callable[[Ctx], list[Value] | Value]] = {}
+
+
+def converter(*names):
+    def deco(fn):
+        for n in names:
+            CONVERTERS[n] = fn
+        return fn
+    return deco
+
+
+def ints(v) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.asarray(v).reshape(-1))
+
+
+def norm_axis(axis: int, rank: int) -> int:
+    if not -rank <= axis < max(rank, 1):
+        raise NodeError(f"axis {axis} is out of range for rank {rank}")
+    return axis % rank if rank else 0
+
+
+def reshape_to(c: Ctx, x: Value, shape) -> Value:
+    return c.op("reshape", [x], {"shape": tuple(int(d) for d in shape)})
