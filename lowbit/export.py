@@ -10,20 +10,27 @@ into integer kernels:
     qmatmul_dynamic (per tensor) -> DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(sx * sw) [-> Add(b)]
     quantize / dequantize       -> QuantizeLinear / DequantizeLinear (per tensor or per axis)
 
-Float ops map to their ONNX namesakes (opset 20). An op without an ONNX form — e.g. ``qmatmul_dynamic`` with
-``per_row`` (ONNX's DynamicQuantizeLinear has one scale per tensor) — is refused with its name; nothing is
+Float ops map to their ONNX namesakes (opset 20). Like the importers, export is a table: ``EXPORTERS`` maps an
+op to the function that writes it (filled by ``@exporter``), ``REFUSED`` maps an op the exporter does not write
+to the reason, which the error names; every registered op is in exactly one of the two
+(``tests/test_registry.py``). An exporter may still refuse a form of its op with no exact ONNX equivalent —
+``qmatmul_dynamic`` with ``per_row`` (ONNX's DynamicQuantizeLinear has one scale per tensor); nothing is
 approximated.
 """
 from __future__ import annotations
+
+import math
+from typing import Callable
 
 import numpy as np
 
 from .errors import LowbitError
 from .ir import dtypes as dt
-from .ir.graph import Graph
+from .ir.graph import Graph, Op
 
 OPSET = 20
 
+# ops written as one ONNX node of this type, without attributes
 _SAME = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "Relu", "sigmoid": "Sigmoid",
          "tanh": "Tanh", "equal": "Equal", "where": "Where", "matmul": "MatMul", "hard_swish": "HardSwish",
          "global_avg_pool": "GlobalAveragePool", "global_max_pool": "GlobalMaxPool", "exp": "Exp", "sqrt": "Sqrt",
@@ -32,6 +39,25 @@ _SAME = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "Relu",
          "sign": "Sign", "sin": "Sin", "cos": "Cos", "softplus": "Softplus", "prelu": "PRelu", "not": "Not",
          "and": "And", "or": "Or", "xor": "Xor", "less": "Less", "less_equal": "LessOrEqual", "greater": "Greater",
          "greater_equal": "GreaterOrEqual"}
+
+
+# An exporter writes ``op`` given its operands' ONNX names ``ins`` and its first result's name ``out``.
+Exporter = Callable[["_Writer", Op, list, str], None]
+EXPORTERS: dict[str, Exporter] = {}
+_NOT_YET = "the exporter does not write it yet"
+REFUSED: dict[str, str] = {n: _NOT_YET for n in (
+    "arg_max", "batch_norm", "dropout", "elu", "gather_elements", "leaky_relu", "log_softmax", "pad", "reduce_max",
+    "reduce_min", "reduce_prod", "reduce_sum", "requantize", "split", "tile")}
+
+
+def exporter(*names):
+    def deco(fn):
+        for n in names:
+            if n in EXPORTERS or n in REFUSED:
+                raise ValueError(f"op '{n}' has an exporter or a refusal already")
+            EXPORTERS[n] = fn
+        return fn
+    return deco
 
 
 def _elem(d) -> int:
@@ -94,8 +120,187 @@ class _Writer:
         return self.node("DequantizeLinear", [bq, s, z], axis=0)
 
 
+# -- the table ---------------------------------------------------------------------------------------------------
+def _ints(w: _Writer, values, hint: str) -> str:
+    return w.init(np.asarray(values, np.int64), hint)
+
+
+@exporter("const")
+def _const(w, op, ins, out):
+    from onnx import numpy_helper
+
+    w.inits.append(numpy_helper.from_array(np.asarray(op.attrs["value"]).astype(op.result.type.dtype.np_dtype), out))
+
+
+@exporter(*_SAME)
+def _same(w, op, ins, out):
+    w.node(_SAME[op.opname], ins, [out])
+
+
+@exporter("quantize")
+def _quantize(w, op, ins, out):
+    w.quantize(ins[0], op.result.type, out)
+
+
+@exporter("dequantize")
+def _dequantize(w, op, ins, out):
+    w.dequantize(op.operands[0], ins[0], out)
+
+
+@exporter("qconv2d", "qmatmul")
+def _integer(w, op, ins, out):
+    a = op.attrs
+    xq, wq = op.operands[0], op.operands[1]
+    conv = op.opname == "qconv2d"
+    n = op.result.type.shape[1] if conv else op.result.type.shape[-1]
+    xf, wf = w.dequantize(xq, ins[0]), w.dequantize(wq, ins[1])
+    if conv:
+        args = [xf, wf] + ([w.bias(op.operands[2], xq, wq, n)] if len(op.operands) > 2 else [])
+        y = w.node("Conv", args, kernel_shape=list(wq.type.shape[2:]), strides=list(a["strides"]),
+                   pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])
+    else:
+        y = w.node("MatMul", [xf, wf])
+        if len(op.operands) > 2:
+            y = w.node("Add", [y, w.bias(op.operands[2], xq, wq, n)])
+    if a["activation"] == "relu":
+        y = w.node("Relu", [y])
+    w.quantize(y, op.result.type, out)
+
+
+@exporter("qmatmul_dynamic")
+def _qmatmul_dynamic(w, op, ins, out):
+    import onnx
+
+    if op.attrs["per_row"]:
+        raise LowbitError(f"{op.describe()}: per-row dynamic quantization has no ONNX form "
+                          "(DynamicQuantizeLinear has one scale per tensor); export a graph quantized "
+                          "with quantize{dynamic=true,per_row=false} or statically (--preset int8)")
+    wq = op.operands[1]
+    n = wq.type.shape[1]
+    xq, xs, xz = w.fresh("xq"), w.fresh("x_scale"), w.fresh("x_zero_point")
+    w.node("DynamicQuantizeLinear", [ins[0]], [xq, xs, xz])
+    acc = w.node("MatMulInteger", [xq, ins[1], xz])
+    ws = np.broadcast_to(wq.type.quant.scale_array().astype(np.float32), (n,)).copy()
+    scale = w.node("Mul", [xs, w.init(ws, "w_scale")])
+    has_bias = len(op.operands) > 2
+    y = w.node("Mul", [w.node("Cast", [acc], to=onnx.TensorProto.FLOAT), scale], None if has_bias else [out])
+    if has_bias:
+        w.node("Add", [y, ins[2]], [out])
+
+
+@exporter("conv2d")
+def _conv2d(w, op, ins, out):
+    a = op.attrs
+    w.node("Conv", ins, [out], kernel_shape=list(op.operands[1].type.shape[2:]), strides=list(a["strides"]),
+           pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])
+
+
+@exporter("conv_transpose2d")
+def _conv_transpose2d(w, op, ins, out):
+    a = op.attrs
+    w.node("ConvTranspose", ins, [out], kernel_shape=list(op.operands[1].type.shape[2:]),
+           strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]),
+           group=a["groups"], output_padding=list(a["output_padding"]))
+
+
+@exporter("gemm")
+def _gemm(w, op, ins, out):
+    a = op.attrs
+    w.node("Gemm", ins, [out], alpha=a["alpha"], beta=a["beta"], transA=int(a["trans_a"]), transB=int(a["trans_b"]))
+
+
+@exporter("max_pool2d")
+def _max_pool2d(w, op, ins, out):
+    a = op.attrs
+    w.node("MaxPool", ins, [out], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
+           pads=list(a["pads"]), dilations=list(a["dilations"]), ceil_mode=int(a["ceil_mode"]))
+
+
+@exporter("avg_pool2d")
+def _avg_pool2d(w, op, ins, out):
+    a = op.attrs
+    w.node("AveragePool", ins, [out], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
+           pads=list(a["pads"]), ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]))
+
+
+@exporter("reshape", "expand")
+def _with_shape(w, op, ins, out):
+    w.node(op.opname.capitalize(), [ins[0], _ints(w, op.attrs["shape"], "shape")], [out])
+
+
+@exporter("transpose")
+def _transpose(w, op, ins, out):
+    w.node("Transpose", ins, [out], perm=list(op.attrs["perm"]))
+
+
+@exporter("slice")
+def _slice(w, op, ins, out):
+    bounds = [_ints(w, op.attrs[k], k) for k in ("starts", "ends", "axes", "steps")]
+    w.node("Slice", [ins[0]] + bounds, [out])
+
+
+@exporter("gather", "concat", "softmax")
+def _with_axis(w, op, ins, out):
+    w.node(op.opname.capitalize(), ins, [out], axis=op.attrs["axis"])
+
+
+@exporter("layer_norm")
+def _layer_norm(w, op, ins, out):
+    w.node("LayerNormalization", ins, [out], axis=op.attrs["axis"], epsilon=op.attrs["epsilon"])
+
+
+@exporter("gelu")
+def _gelu(w, op, ins, out):
+    w.node("Gelu", ins, [out], approximate=op.attrs["approximate"])
+
+
+@exporter("cast")
+def _cast(w, op, ins, out):
+    w.node("Cast", ins, [out], to=_elem(op.attrs["to"]))
+
+
+@exporter("hard_sigmoid")
+def _hard_sigmoid(w, op, ins, out):
+    w.node("HardSigmoid", ins, [out], alpha=op.attrs["alpha"], beta=op.attrs["beta"])
+
+
+@exporter("reduce_mean")
+def _reduce_mean(w, op, ins, out):
+    a = op.attrs
+    args = ins + ([_ints(w, a["axes"], "axes")] if a["axes"] else [])
+    w.node("ReduceMean", args, [out], keepdims=int(a["keepdims"]))
+
+
+@exporter("clip")
+def _clip(w, op, ins, out):
+    d = op.operands[0].type.dtype  # ONNX Clip's bounds have the input's type; infinite ones saturate integers
+    bounds = []
+    for k in ("min", "max"):
+        v = op.attrs[k]
+        if not d.is_float and math.isinf(v):
+            v = d.iinfo()[v > 0]
+        bounds.append(w.init(np.asarray(v).astype(d.np_dtype), k))
+    w.node("Clip", [ins[0], *bounds], [out])
+
+
+@exporter("lrn")
+def _lrn(w, op, ins, out):
+    a = op.attrs
+    w.node("LRN", ins, [out], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
+
+
+@exporter("resize")
+def _resize(w, op, ins, out):
+    a = op.attrs
+    scales = w.init(np.asarray(a["scales"], np.float32), "scales") if a.get("scales") else ""
+    sizes = [_ints(w, a["sizes"], "sizes")] if a.get("sizes") and not scales else []
+    w.node("Resize", [ins[0], "", scales] + sizes, [out], mode=a["mode"],
+           coordinate_transformation_mode=a["coordinate_transformation_mode"], nearest_mode=a["nearest_mode"])
+
+
 def to_onnx_qdq(graph: Graph):
-    """The graph as an ``onnx.ModelProto`` (opset 20, QDQ form); refuses ops with no exact ONNX form."""
+    """The graph as an ``onnx.ModelProto`` (opset 20, QDQ form); an op it does not write exactly is refused by
+    name, with the reason."""
     import onnx
     from onnx import helper
 
@@ -104,101 +309,10 @@ def to_onnx_qdq(graph: Graph):
         w.names[id(v)] = v.name
     for op in graph.ops:
         name = op.opname
-        a = op.attrs
-        ins = [w.name(v) for v in op.operands]
-        out = w.name(op.results[0])
-        if name == "const":
-            v = op.attrs["value"]
-            w.inits.append(onnx.numpy_helper.from_array(np.asarray(v).astype(op.result.type.dtype.np_dtype), out))
-        elif name in _SAME:
-            w.node(_SAME[name], ins, [out])
-        elif name == "quantize":
-            w.quantize(ins[0], op.result.type, out)
-        elif name == "dequantize":
-            w.dequantize(op.operands[0], ins[0], out)
-        elif name in ("qconv2d", "qmatmul"):
-            xq, wq = op.operands[0], op.operands[1]
-            n = op.result.type.shape[1] if name == "qconv2d" else op.result.type.shape[-1]
-            xf, wf = w.dequantize(xq, ins[0]), w.dequantize(wq, ins[1])
-            if name == "qconv2d":
-                args = [xf, wf] + ([w.bias(op.operands[2], xq, wq, n)] if len(op.operands) > 2 else [])
-                y = w.node("Conv", args, kernel_shape=list(wq.type.shape[2:]), strides=list(a["strides"]),
-                           pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])
-            else:
-                y = w.node("MatMul", [xf, wf])
-                if len(op.operands) > 2:
-                    y = w.node("Add", [y, w.bias(op.operands[2], xq, wq, n)])
-            if a["activation"] == "relu":
-                y = w.node("Relu", [y])
-            w.quantize(y, op.result.type, out)
-        elif name == "qmatmul_dynamic":
-            if a["per_row"]:
-                raise LowbitError(f"{op.describe()}: per-row dynamic quantization has no ONNX form "
-                                  "(DynamicQuantizeLinear has one scale per tensor); export a graph quantized "
-                                  "with quantize{dynamic=true,per_row=false} or statically (--preset int8)")
-            wq = op.operands[1]
-            n = wq.type.shape[1]
-            xq, xs, xz = w.fresh("xq"), w.fresh("x_scale"), w.fresh("x_zero_point")
-            w.node("DynamicQuantizeLinear", [ins[0]], [xq, xs, xz])
-            acc = w.node("MatMulInteger", [xq, ins[1], xz])
-            ws = np.broadcast_to(wq.type.quant.scale_array().astype(np.float32), (n,)).copy()
-            scale = w.node("Mul", [xs, w.init(ws, "w_scale")])
-            has_bias = len(op.operands) > 2
-            y = w.node("Mul", [w.node("Cast", [acc], to=onnx.TensorProto.FLOAT), scale], None if has_bias else [out])
-            if has_bias:
-                w.node("Add", [y, ins[2]], [out])
-        elif name == "conv2d":
-            w.node("Conv", ins, [out], kernel_shape=list(op.operands[1].type.shape[2:]), strides=list(a["strides"]),
-                   pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])
-        elif name == "conv_transpose2d":
-            w.node("ConvTranspose", ins, [out], kernel_shape=list(op.operands[1].type.shape[2:]),
-                   strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]),
-                   group=a["groups"], output_padding=list(a["output_padding"]))
-        elif name == "gemm":
-            w.node("Gemm", ins, [out], alpha=a["alpha"], beta=a["beta"], transA=int(a["trans_a"]),
-                   transB=int(a["trans_b"]))
-        elif name == "max_pool2d":
-            w.node("MaxPool", ins, [out], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
-                   pads=list(a["pads"]), dilations=list(a["dilations"]), ceil_mode=int(a["ceil_mode"]))
-        elif name == "avg_pool2d":
-            w.node("AveragePool", ins, [out], kernel_shape=list(a["kernel"]), strides=list(a["strides"]),
-                   pads=list(a["pads"]), ceil_mode=int(a["ceil_mode"]), count_include_pad=int(a["count_include_pad"]))
-        elif name in ("reshape", "expand"):
-            w.node(name.capitalize(), [ins[0], w.init(np.asarray(a["shape"], np.int64), "shape")], [out])
-        elif name == "transpose":
-            w.node("Transpose", ins, [out], perm=list(a["perm"]))
-        elif name == "slice":
-            bounds = [w.init(np.asarray(a[k], np.int64), k) for k in ("starts", "ends", "axes", "steps")]
-            w.node("Slice", [ins[0]] + bounds, [out])
-        elif name == "gather":
-            w.node("Gather", ins, [out], axis=a["axis"])
-        elif name == "concat":
-            w.node("Concat", ins, [out], axis=a["axis"])
-        elif name == "softmax":
-            w.node("Softmax", ins, [out], axis=a["axis"])
-        elif name == "layer_norm":
-            w.node("LayerNormalization", ins, [out], axis=a["axis"], epsilon=a["epsilon"])
-        elif name == "gelu":
-            w.node("Gelu", ins, [out], approximate=a["approximate"])
-        elif name == "cast":
-            w.node("Cast", ins, [out], to=_elem(a["to"]))
-        elif name == "hard_sigmoid":
-            w.node("HardSigmoid", ins, [out], alpha=a["alpha"], beta=a["beta"])
-        elif name == "reduce_mean":
-            args = ins + ([w.init(np.asarray(a["axes"], np.int64), "axes")] if a["axes"] else [])
-            w.node("ReduceMean", args, [out], keepdims=int(a["keepdims"]))
-        elif name == "clip":
-            lo, hi = (w.init(np.float32(a[k]), k) for k in ("min", "max"))
-            w.node("Clip", [ins[0], lo, hi], [out])
-        elif name == "lrn":
-            w.node("LRN", ins, [out], size=a["size"], alpha=a["alpha"], beta=a["beta"], bias=a["bias"])
-        elif name == "resize":
-            scales = w.init(np.asarray(a["scales"], np.float32), "scales") if a.get("scales") else ""
-            sizes = [w.init(np.asarray(a["sizes"], np.int64), "sizes")] if a.get("sizes") and not scales else []
-            w.node("Resize", [ins[0], "", scales] + sizes, [out], mode=a["mode"],
-                   coordinate_transformation_mode=a["coordinate_transformation_mode"], nearest_mode=a["nearest_mode"])
-        else:
-            raise LowbitError(f"{op.describe()}: no ONNX export for op '{name}'")
+        if name not in EXPORTERS:
+            why = f": {REFUSED[name]}" if name in REFUSED else ""
+            raise LowbitError(f"{op.describe()}: no ONNX export for op '{name}'{why}")
+        EXPORTERS[name](w, op, [w.name(v) for v in op.operands], w.name(op.results[0]))
     inputs = [helper.make_tensor_value_info(v.name, _elem(v.type.dtype), list(v.type.shape)) for v in graph.inputs]
     outputs = []
     for nm, v in zip(graph.output_names, graph.outputs):  # outputs keep the model's names

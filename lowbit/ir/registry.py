@@ -1,10 +1,23 @@
-"""The op registry: each op declares its operands, attributes (with defaults) and type inference.
+"""The op registry: each op declares its operands, attributes (with defaults), type inference and traits.
 
-Adding an op means one ``register(OpSchema(...))`` here and one reference implementation in
-``interp.py``; ``tests/test_registry.py`` fails for an op without both.
+Adding an op means one ``register(OpSchema(...))`` here, one reference implementation in ``interp.py``, a
+lowering rule (or a named refusal) in the code generator and an exporter (or a named refusal) in
+``export.py``; ``tests/test_registry.py`` fails for an op without all of them.
+
+Traits say what kind of op it is, for passes, importers and code generators to ask (``has_trait``, ``ops_with``)
+instead of keeping lists of op names:
+
+- ``elementwise``: result shape = the operands' numpy broadcast; result[i] depends only on operand elements at i
+- ``no_fold``: fold-constants and the ONNX importer never evaluate it at compile time, even on constants
+- ``integer_kernel``: computed by an integer kernel (exact integer accumulation, then one rounding to the result)
+- ``compute``: a conv/matmul-class op that carries weights
+
+(For quantize/dequantize/requantize "elementwise" allows per-axis parameters: they vary along the quantized axis.)
 
 >>> schema("conv2d").attrs["groups"].default
 1
+>>> has_trait("qmatmul", "integer_kernel"), has_trait("qmatmul", "elementwise")
+(True, False)
 """
 from __future__ import annotations
 
@@ -19,6 +32,7 @@ from .graph import Op, Value
 from .types import TensorType
 
 REQUIRED = object()
+TRAITS = frozenset({"elementwise", "no_fold", "integer_kernel", "compute"})
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,14 @@ class OpSchema:
     infer: Callable[[list[TensorType], dict], list[TensorType]] | None = None
     check: Callable[[list[TensorType], dict, list[TensorType]], None] | None = None
     doc: str = ""
+    traits: frozenset[str] = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "traits", frozenset(self.traits))
+        unknown = self.traits - TRAITS
+        if unknown:
+            raise ValueError(f"op '{self.name}': unknown trait(s) {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(sorted(TRAITS))})")
 
 
 _SCHEMAS: dict[str, OpSchema] = {}
@@ -59,6 +81,23 @@ def schema(name: str) -> OpSchema:
 
 def all_ops() -> list[str]:
     return sorted(_SCHEMAS)
+
+
+def _known_trait(trait: str) -> str:
+    if trait not in TRAITS:
+        raise ValueError(f"unknown trait '{trait}' (known: {', '.join(sorted(TRAITS))})")
+    return trait
+
+
+def has_trait(opname: str, trait: str) -> bool:
+    """Whether registered op ``opname`` has ``trait``; an unknown op or trait is an error, not False."""
+    return _known_trait(trait) in schema(opname).traits
+
+
+def ops_with(trait: str) -> frozenset[str]:
+    """The names of every registered op with ``trait``."""
+    _known_trait(trait)
+    return frozenset(n for n, s in _SCHEMAS.items() if trait in s.traits)
 
 
 # -- attribute normalisation ---------------------------------------------------------------------------
@@ -190,12 +229,18 @@ def _elementwise(result_dtype: DType | None = None, want: str | None = None):
     return infer
 
 
+_ELEMENTWISE = frozenset({"elementwise"})
+_QUANT = frozenset({"elementwise", "no_fold"})
+_COMPUTE = frozenset({"compute"})
+_INTEGER = frozenset({"compute", "integer_kernel"})
+
+
 def _unary(name, want="float", attrs=None, doc=""):
-    register(OpSchema(name, (1, 1), attrs or {}, _elementwise(want=want), doc=doc))
+    register(OpSchema(name, (1, 1), attrs or {}, _elementwise(want=want), doc=doc, traits=_ELEMENTWISE))
 
 
 def _binary(name, result_dtype=None, want=None, doc=""):
-    register(OpSchema(name, (2, 2), {}, _elementwise(result_dtype, want), doc=doc))
+    register(OpSchema(name, (2, 2), {}, _elementwise(result_dtype, want), doc=doc, traits=_ELEMENTWISE))
 
 
 # -- elementwise ------------------------------------------------------------------------------------------
@@ -217,9 +262,11 @@ _unary("leaky_relu", attrs={"alpha": Attr("float", 0.01)})
 _unary("elu", attrs={"alpha": Attr("float", 1.0)})
 _unary("clip", want=None, attrs={"min": Attr("float", float("-inf")), "max": Attr("float", float("inf"))})
 _unary("dropout", want=None, attrs={"ratio": Attr("float", 0.5)})
-register(OpSchema("prelu", (2, 2), {}, lambda t, a: [TensorType(broadcast_shapes(t[0].shape, t[1].shape), _same_dtype(t))]))
-register(OpSchema("where", (3, 3), {}, lambda t, a: _infer_where(t)))
-register(OpSchema("cast", (1, 1), {"to": Attr("dtype")}, lambda t, a: [TensorType(t[0].shape, a["to"])]))
+register(OpSchema("prelu", (2, 2), {}, lambda t, a: [TensorType(broadcast_shapes(t[0].shape, t[1].shape), _same_dtype(t))],
+                  traits=_ELEMENTWISE))
+register(OpSchema("where", (3, 3), {}, lambda t, a: _infer_where(t), traits=_ELEMENTWISE))
+register(OpSchema("cast", (1, 1), {"to": Attr("dtype")}, lambda t, a: [TensorType(t[0].shape, a["to"])],
+                  traits=_ELEMENTWISE))
 
 
 def _infer_where(t):
@@ -237,7 +284,8 @@ def _check_const(types, attrs, results):
         raise ValueError(f"value of shape {tuple(v.shape)} and dtype {v.dtype} does not match type {r}")
 
 
-register(OpSchema("const", (0, 0), {"value": Attr("tensor")}, None, _check_const, doc="a constant tensor"))
+register(OpSchema("const", (0, 0), {"value": Attr("tensor")}, None, _check_const, doc="a constant tensor",
+                  traits=frozenset({"no_fold"})))
 
 
 def _check_quantize(types, attrs, results):
@@ -277,11 +325,12 @@ def _infer_dequantize(types, attrs):
     return [TensorType(x.shape, dt.f32)]
 
 
-register(OpSchema("quantize", (1, 1), {}, None, _check_quantize,
+# no_fold: folding a dequantize of an int8 weight would discard the quantization the graph asks for.
+register(OpSchema("quantize", (1, 1), {}, None, _check_quantize, traits=_QUANT,
                   doc="q = saturate(round_half_even(x / scale) + zp); parameters from the result type"))
-register(OpSchema("requantize", (1, 1), {}, None, _check_requantize,
+register(OpSchema("requantize", (1, 1), {}, None, _check_requantize, traits=_QUANT,
                   doc="re-express a quantized tensor with the result type's parameters (exact via f32)"))
-register(OpSchema("dequantize", (1, 1), {}, _infer_dequantize, doc="x = (q - zp) * scale in f32"))
+register(OpSchema("dequantize", (1, 1), {}, _infer_dequantize, doc="x = (q - zp) * scale in f32", traits=_QUANT))
 
 
 # -- shape ops ----------------------------------------------------------------------------------------------
@@ -558,7 +607,7 @@ def _infer_global_pool(t, a):
 
 _CONV = {"strides": Attr("ints", (1, 1)), "pads": Attr("ints", (0, 0, 0, 0)), "dilations": Attr("ints", (1, 1)),
          "groups": Attr("int", 1)}
-register(OpSchema("matmul", (2, 2), {}, _infer_matmul, doc="numpy matmul semantics"))
+register(OpSchema("matmul", (2, 2), {}, _infer_matmul, doc="numpy matmul semantics", traits=_COMPUTE))
 
 
 def _float_view(t: TensorType) -> TensorType:
@@ -608,21 +657,24 @@ register(OpSchema("qmatmul_dynamic", (2, 3), {"per_row": Attr("bool", False)}, _
                   doc="x quantized at run time to u8 over [min(x, 0), max(x, 0)] (scale = range / 255, zp = "
                       "round(-min / scale)) — over the whole tensor (onnxruntime's DynamicQuantizeLinear) or, with "
                       "per_row, over each row of the last axis (one scale per token) — exact i32 matmul with the i8 "
-                      "weight, y = f32(acc) * f32(sx * sw) + bias rounded once (a fused multiply-add)"))
+                      "weight, y = f32(acc) * f32(sx * sw) + bias rounded once (a fused multiply-add)",
+                  traits=_INTEGER))
 
 
 _INTEGER_DOC = ("acc = sum((x - zx) * w) + bias exactly in integers; y = saturate(round_half_even(f32(acc) * m) + zy), "
                 "m = f32(sx * sw) / sy per output channel in f32; activation relu clamps at zy")
 register(OpSchema("qmatmul", (2, 3), {"activation": Attr("str", "none", ("none", "relu"))}, None,
-                  _check_integer_op(_infer_matmul, -1), doc="x[.., K] @ w[K, N] in integers; " + _INTEGER_DOC))
+                  _check_integer_op(_infer_matmul, -1), doc="x[.., K] @ w[K, N] in integers; " + _INTEGER_DOC,
+                  traits=_INTEGER))
 register(OpSchema("gemm", (2, 3), {"alpha": Attr("float", 1.0), "beta": Attr("float", 1.0),
-                                   "trans_a": Attr("bool", False), "trans_b": Attr("bool", False)}, _infer_gemm))
+                                   "trans_a": Attr("bool", False), "trans_b": Attr("bool", False)}, _infer_gemm,
+                  traits=_COMPUTE))
 register(OpSchema("conv2d", (2, 3), dict(_CONV), _infer_conv,
-                  doc="NCHW x OIHW; pads = [top, left, bottom, right]"))
+                  doc="NCHW x OIHW; pads = [top, left, bottom, right]", traits=_COMPUTE))
 register(OpSchema("qconv2d", (2, 3), dict(_CONV, activation=Attr("str", "none", ("none", "relu"))), None,
-                  _check_integer_op(_infer_conv, 0), doc="conv2d in integers; " + _INTEGER_DOC))
+                  _check_integer_op(_infer_conv, 0), doc="conv2d in integers; " + _INTEGER_DOC, traits=_INTEGER))
 register(OpSchema("conv_transpose2d", (2, 3), dict(_CONV, output_padding=Attr("ints", (0, 0))),
-                  _infer_conv_transpose, doc="NCHW x IOHW (ONNX ConvTranspose)"))
+                  _infer_conv_transpose, doc="NCHW x IOHW (ONNX ConvTranspose)", traits=_COMPUTE))
 register(OpSchema("max_pool2d", (1, 1), {"kernel": Attr("ints"), "strides": Attr("ints", (1, 1)),
                                          "pads": Attr("ints", (0, 0, 0, 0)), "dilations": Attr("ints", (1, 1)),
                                          "ceil_mode": Attr("bool", False)}, _infer_pool))

@@ -1,7 +1,7 @@
 """fold-constants: evaluate ops whose operands are all constant with the reference interpreter.
 
-Quantize/dequantize/requantize are left alone: folding a dequantize of an int8 weight would discard the
-quantization the graph asks for.
+Ops with the registry's ``no_fold`` trait (the quantization ops) are left alone: folding a dequantize of an
+int8 weight would discard the quantization the graph asks for.
 """
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from dataclasses import dataclass
 
 from ..ir.graph import Graph
 from ..ir.interp import evaluate_op
+from ..ir.registry import has_trait
 from .base import Pass, PassContext, register_pass
-
-NO_FOLD = frozenset({"const", "quantize", "dequantize", "requantize"})
 
 
 @register_pass
@@ -25,7 +24,7 @@ class FoldConstants(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> None:
         folded = 0
         for op in list(graph.ops):
-            if op.opname in NO_FOLD or not op.operands or not all(v.is_const for v in op.operands):
+            if has_trait(op.opname, "no_fold") or not op.operands or not all(v.is_const for v in op.operands):
                 continue
             if any(r.type.size > self.max_elements for r in op.results):
                 continue
