@@ -4,7 +4,7 @@
         [--shape x=1x3x224x224]
 
 Compiles an ONNX file (its Relax program as VM bytecode, for the VM's instrument hook; an artifact built with
-``lowbit.codegen.VM_EXEC_MODE = "bytecode"`` loads too), runs it with a Relax VM instrument that times every
+``lowbit compile --codegen vm_exec_mode=bytecode`` loads too), runs it with a Relax VM instrument that times every
 kernel call, and prints kernels by total median time with their share of the run (plus the VM's own overhead).
 """
 from __future__ import annotations
@@ -65,15 +65,15 @@ def main(argv=None) -> int:
     p.add_argument("--calib", help="calibration data (.npz) for a pipeline that quantizes")
     a = p.parse_args(argv)
     import lowbit
-    import lowbit.codegen
     import lowbit.runtime as rt
 
     path = a.model
     if not path.endswith(".lbit"):
         shapes = {k: tuple(int(d) for d in v.split("x")) for k, v in (s.split("=", 1) for s in a.shape)}
         t0 = time.perf_counter()
-        lowbit.codegen.VM_EXEC_MODE = "bytecode"  # (the VM's instrument hook, which times each kernel call)
-        art = lowbit.compile(path, pipeline=a.pipeline, shapes=shapes or None, calibration=a.calib)
+        # bytecode: the VM's instrument hook, which times each kernel call, exists only there
+        art = lowbit.compile(path, pipeline=a.pipeline, shapes=shapes or None, calibration=a.calib,
+                             codegen="vm_exec_mode=bytecode")
         print(f"compiled in {time.perf_counter() - t0:.1f} s")
         path = tempfile.mktemp(suffix=".lbit")
         art.save(path)

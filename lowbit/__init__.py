@@ -30,15 +30,16 @@ def run_passes(graph, pipeline: str, ctx=None):
 
 
 def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
-            report=False):
+            report=False, codegen=None):
     """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``).
 
     ``calibration`` (an .npz path, a directory of them, or an iterable of ``{input name: array}``) feeds the
-    ``quantize`` pass, e.g. ``lowbit.compile("m.onnx", pipeline="int8", calibration=samples)``."""
-    from .codegen import compile as _compile
+    ``quantize`` pass, e.g. ``lowbit.compile("m.onnx", pipeline="int8", calibration=samples)``; ``codegen``
+    sets code generation knobs (``"tile=4,conv0:amx_tasks=8"``, a dict or a ``CodegenConfig``)."""
+    from .compiler import compile as _compile
 
     return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress,
-                    calibration=calibration, report=report)
+                    calibration=calibration, report=report, codegen=codegen)
 
 
 def __getattr__(name):

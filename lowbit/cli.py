@@ -29,30 +29,11 @@ def _shape_arg(text: str):
     return name, shape
 
 
-def _looks_like_ir(path: str) -> bool:
-    if path.endswith(".onnx"):
-        return False
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-    except OSError:
-        return False
-    text = head.lstrip()
-    while text.startswith(b"//"):
-        text = text.split(b"\n", 1)[1].lstrip() if b"\n" in text else b""
-    return text.startswith(b"graph")
-
-
 def load_any(path: str, shapes: dict | None = None):
     """Load IR text or an ONNX model from ``path`` (IR text is recognised by its leading ``graph``)."""
-    from .ir import parse
+    from .compiler import load_model
 
-    if os.path.isfile(path) and _looks_like_ir(path):
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return parse(f.read(), source=path)
-    from .frontend import load
-
-    return load(path, shapes=shapes)
+    return load_model(path, shapes=shapes)
 
 
 def _write_text(text: str, out: str | None) -> None:
@@ -111,11 +92,15 @@ def _pipeline_arg(args, default: str = "O2") -> str:
 
 
 def cmd_compile(args) -> int:
-    from .codegen import compile as compile_model
+    from .compiler import compile as compile_model
 
+    log = [] if args.debug_schedules else None
     art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []),
-                        calibration=args.calib, report=args.report)
+                        calibration=args.calib, report=args.report, codegen=args.codegen, schedule_log=log)
     art.save(args.output)
+    if log is not None:
+        for line in log or ["lowbit: every schedule rule applied where it matched"]:
+            print(f"schedule: {line}", file=sys.stderr)
     if args.report:
         from .quant.report import format_report
 
@@ -126,30 +111,10 @@ def cmd_compile(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from .export import to_onnx_qdq
-    from .passes import PassContext, parse_pipeline, run_pipeline
+    from .compiler import export
 
-    if args.model.endswith(".lbit"):
-        raise LowbitError(f"{args.model}: an artifact holds compiled code, not the graph; export from the model "
-                          "itself with the same --preset/--pipeline and --calib")
-    pipeline = parse_pipeline(_pipeline_arg(args, default="int8"))  # a bad pipeline fails before the import
-    graph = load_any(args.model, dict(args.shape or []))
-    calibration = None
-    if args.calib is not None:
-        from .quant.calibrate import load_samples
-
-        calibration = load_samples(args.calib, graph)
-    graph = run_pipeline(graph, pipeline, PassContext(calibration=calibration))
-    model = to_onnx_qdq(graph)
-    tmp = f"{args.output}.part{os.getpid()}"  # nothing half-written: write aside, then rename
-    try:
-        with open(tmp, "wb") as f:
-            f.write(model.SerializeToString())
-        os.replace(tmp, args.output)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise LowbitError(f"{args.output}: cannot write: {e.strerror}") from None
+    export(args.model, args.output, args.format, _pipeline_arg(args, default="int8"), shapes=dict(args.shape or []),
+           calibration=args.calib)
     if sys.stderr.isatty():
         print(f"lowbit: wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB, ONNX opset 20, QDQ)",
               file=sys.stderr)
@@ -214,6 +179,19 @@ def cmd_inspect(args) -> int:
     for layer in layers:
         lines.append(f"  {layer['name']:<{width}}  {layer['op']:<16} in {layer['input']:<5} weight {layer['weight']:<5} "
                      f"out {layer['output']}")
+    if "codegen" in manifest:
+        from .codegen.config import CodegenConfig
+
+        cfg = manifest["codegen"]
+        changed = str(CodegenConfig.parse({k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
+        lines.append(f"codegen    {changed or '(defaults)'}")
+    kernels = manifest.get("kernels", [])
+    if kernels:
+        lines.append(f"kernels ({len(kernels)}):")
+        width = max(len(k["name"]) for k in kernels)
+        for k in kernels:
+            why = "; ".join(f"{name}: {reason}" for name, reason in k.get("passed_over", {}).items())
+            lines.append(f"  {k['name']:<{width}}  {k['op']:<16} {k['kernel']:<16}" + (f" (passed over {why})" if why else ""))
     if "quant_report" in manifest:
         from .quant.report import format_report
 
@@ -321,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "leading axis = samples) or a directory of .npz files")
     c.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
                    help="bind a symbolic input shape (repeatable)")
+    c.add_argument("--codegen", metavar="KNOBS", help="code generation knobs, e.g. 'tile=4,accumulators=8' or "
+                   "per kernel 'conv0:amx_tasks=8' (recorded in the manifest; see lowbit inspect --json)")
+    c.add_argument("--debug-schedules", action="store_true", help="print why schedule rules declined (stderr)")
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("export", help="write a model, after a pass pipeline, as an ONNX QDQ model",

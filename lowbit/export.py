@@ -25,6 +25,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import LowbitError
+from .quant import scheme
 from .ir import dtypes as dt
 from .ir.graph import Graph, Op
 
@@ -112,10 +113,9 @@ class _Writer:
 
     def bias(self, b, xq, wq, n: int) -> str:
         """The i32 bias constant dequantized with scale sx * sw (per output channel)."""
-        sx = np.float32(xq.type.quant.scale[0])
         sw = np.broadcast_to(wq.type.quant.scale_array().astype(np.float32), (n,))
         bq = self.name(b)
-        s = self.init((sx * sw).astype(np.float32), "bias_scale")
+        s = self.init(scheme.scale_product(xq.type.quant.scale[0], sw), "bias_scale")
         z = self.init(np.zeros(n, np.int32), "bias_zero_point")
         return self.node("DequantizeLinear", [bq, s, z], axis=0)
 

@@ -15,22 +15,27 @@ LOOSER = {"erf", "gelu-erf", "gelu-tanh", "tanh", "sigmoid", "exp", "log", "soft
           "layernorm", "layernorm-axis1", "softmax-13", "softmax-11-coerced", "logsoftmax", "lrn-odd", "pow-float"}
 
 
-def build_and_run(graph, inputs, amx=None):
+def cpu_target(amx=None):
+    """This CPU as a lowbit Target; ``amx`` False turns AMX off (``-amx-int8``), True requires it."""
+    from lowbit.codegen import Target
+
+    host = Target.parse("cpu")
+    if amx is False and host.has("amx_int8"):
+        return Target.parse({**host.to_json(), "mattr": ["-amx-int8"]})
+    if amx and not host.has("amx_int8"):
+        pytest.skip("this CPU has no AMX-INT8")
+    return host
+
+
+def build_and_run(graph, inputs, amx=None, config=None):
     """lowbit's CPU build (blocked layout, fusion, default schedules) as compile() does it, run in-process;
     ``amx`` True/False forces the integer kernels onto AMX tiles or off them (None: as compile() decides)."""
     import tvm
     from tvm import relax
 
-    from lowbit.codegen import _build_cpu
-    from lowbit.codegen.lower import to_relax
-    from lowbit.codegen.target import resolve_target
-    from lowbit.runtime.host import enable_amx, uses_amx
+    from lowbit.codegen import build_module
 
-    target = resolve_target("cpu")
-    amx = uses_amx(target) if amx is None else amx
-    if amx:
-        enable_amx()
-    ex = _build_cpu(to_relax(graph, blocked_layout=True, amx=amx), target)
+    ex = build_module(graph, cpu_target(amx), config)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(inputs[v.name]) for v in graph.inputs])
     return {n: o.numpy() for n, o in zip(graph.output_names, out)}

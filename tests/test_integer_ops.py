@@ -10,14 +10,13 @@ import lowbit
 from lowbit.ir import Graph, TensorType, dtypes as dt
 from lowbit.ir.types import QuantParams
 from lowbit.passes import PassContext
-from test_codegen_ops import build_and_run
+from test_codegen_ops import build_and_run, cpu_target
 
 
 def _has_amx():
-    from lowbit.codegen.target import resolve_target
-    from lowbit.runtime.host import uses_amx
+    from lowbit.codegen import Target
 
-    return uses_amx(resolve_target("cpu"))
+    return Target.parse("cpu").has("amx_int8")
 
 
 # every integer kernel is checked both on AMX tiles (where this CPU has them) and off them
@@ -137,12 +136,10 @@ def test_u8_conv_uses_vnni_where_the_cpu_has_it():
 
     if "avx512_vnni" not in cpu_flags():
         pytest.skip("this CPU has no AVX-512 VNNI")
-    from lowbit.codegen import _build_cpu
-    from lowbit.codegen.lower import to_relax
-    from lowbit.codegen.target import resolve_target
+    from lowbit.codegen import build_module
 
     g, x, _ = _qconv_graph(32, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
-    ex = _build_cpu(to_relax(g, blocked_layout=True), resolve_target("cpu"))
+    ex = build_module(g, cpu_target(False))
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "vpdpbusd" in asm
     np.testing.assert_array_equal(build_and_run(g, x)["y"], lowbit.interpret(g, x)["y"])
@@ -151,12 +148,10 @@ def test_u8_conv_uses_vnni_where_the_cpu_has_it():
 @pytest.mark.skipif(not _has_amx(), reason="this CPU has no AMX-INT8")
 def test_u8_conv_and_matmul_use_amx_tiles_where_the_cpu_has_them():
     """With AMX the integer conv and matmul kernels are tile code: tdpbusd on tiles loaded with tileloadd."""
-    from lowbit.codegen import _build_cpu
-    from lowbit.codegen.lower import to_relax
-    from lowbit.codegen.target import resolve_target
+    from lowbit.codegen import build_module
 
     g, x, _ = _qconv_graph(64, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
-    ex = _build_cpu(to_relax(g, blocked_layout=True, amx=True), resolve_target("cpu"))
+    ex = build_module(g, cpu_target(True))
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "tdpbusd" in asm and "tileloadd" in asm and "ldtilecfg" in asm
     np.testing.assert_array_equal(build_and_run(g, x, True)["y"], lowbit.interpret(g, x)["y"])

@@ -47,13 +47,11 @@ def test_conv_shapes(cin, cout, hw, k, stride, groups):
 def test_dense_kernel_uses_avx512_fma():
     import tvm
 
-    from lowbit.codegen import _build_cpu
-    from lowbit.codegen.lower import to_relax
-    from lowbit.codegen.target import resolve_target
+    from lowbit.codegen import build_module
 
     w = np.ones((256, 512), np.float32)
     g = _graph(lambda g: [g.create("matmul", [g.add_input("x", TensorType((64, 256), dt.f32)), g.const(w)]).result])
-    ex = _build_cpu(to_relax(g), resolve_target("cpu"))
+    ex = build_module(g, "cpu")
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "vfmadd" in asm and "zmm" in asm, "no AVX-512 FMA in the dense kernel"
 

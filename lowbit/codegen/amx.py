@@ -79,14 +79,14 @@ class Plan:
 
 
 def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int, lo: int, hi: int,
-              out_dtype: str, nhwc: bool = False):
+              out_dtype: str, nhwc: bool = False, tasks: int = 16):
     """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow], or
     with ``nhwc`` Y [n, oh, ow, o], each pixel's channels stored straight from a tile row.
 
     Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
     from tvm.script import tirx as T
 
-    from . import lrint
+    from .intrinsics import lrint
 
     sh, sw = strides
     dh, dw = dilations
@@ -96,7 +96,7 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     nblocks = (op_ + 31) // 32
     tiles = n * oh * owt
     mblocks = (tiles + 1) // 2
-    mgroups, gsize = _row_groups(mblocks, nblocks)
+    mgroups, gsize = _row_groups(mblocks, nblocks, tasks)
     ohw = oh * owt
 
     def cb(task):  # a parallel task's block of 32 output channels
@@ -254,52 +254,8 @@ def pixel_words_func(n: int, c: int, h: int, w: int, hp: int, wp: int, pt: int, 
     return func
 
 
-def lower_qconv2d(L, op, x, weight: np.ndarray, corr: np.ndarray, x_nhwc: bool = False, y_nhwc: bool = False):
-    """qconv2d (u8 input, groups 1) as an AMX kernel: the input (NCHW, or NHWC with ``x_nhwc``) padded with its
-    zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``conv_func``, whose
-    result is NCHW or, with ``y_nhwc``, NHWC."""
-    from tvm import relax
-
-    from .lower import _np, _requant_consts
-
-    a = op.attrs
-    xt, rt = op.operands[0].type, op.result.type
-    pads, strides, dilations = a["pads"], a["strides"], a["dilations"]
-    pt, pl = pads[0], pads[1]
-    n, c, h, wd = xt.shape
-    o, _, kh, kw = weight.shape
-    _, _, oh, ow = rt.shape
-    zx = int(xt.quant.zero_point[0])
-    p = Plan(c, h, wd, oh, ow, kh, kw, pads, strides, dilations)
-    lo, hi = rt.dtype.iinfo()
-    zy = int(rt.quant.zero_point[0])
-    if a["activation"] == "relu":
-        lo = max(lo, zy)
-    te, tir = L.te, L.tir
-
-    def nhwc(X):
-        def at(i, y, z, k):
-            yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
-            return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
-                                    X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
-        return te.compute((n, p.hp, p.wp, p.cpix), at, name="pad_nhwc")
-    if not x_nhwc and p.cpix == 4:  # a narrow (RGB) NCHW input: one word per pixel
-        f = pixel_words_func(n, c, h, wd, p.hp, p.wp, pt, pl, zx)
-        xp = relax.call_tir(L.bb.add_func(f.without_attr("global_symbol"), "lowbit_amx_pixel_words"), relax.Tuple([x]),
-                            relax.TensorType((n, p.hp, p.wp, 4), "uint8"))
-    else:
-        xp = L.te_(nhwc, x, name="lowbit_amx_input")
-    func = conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, _np(rt), nhwc=y_nhwc)
-    gv = L.bb.add_func(func.without_attr("global_symbol"), "lowbit_qconv2d_amx")
-    o16 = (o + 15) // 16 * 16
-    args = [xp, L.const(p.pack_weights(weight)), L.const(np.pad(corr.astype(np.int32), (0, o16 - o))),
-            L.const(np.pad(_requant_consts(op, o), (0, o16 - o)))]
-    return relax.call_tir(gv, relax.Tuple(args), relax.TensorType((n, oh, ow, o) if y_nhwc else (n, o, oh, ow),
-                                                                  _np(rt)))
-
-
 def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_bias: bool, zy: int = 0,
-                lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False):
+                lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False, tasks: int = 16):
     """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles. X (``shape_x``) holds ``mp`` rows of k bytes (its last
     axis): the input itself, or a copy padded to 32 rows (and K to ``kp``, a multiple of 64). A tile row reads 64
     bytes, past a row's end into the next row, where the weights are 0; a block whose reads would pass X's end
@@ -312,7 +268,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     fused (one rounding)."""
     from tvm.script import tirx as T
 
-    from . import lrint
+    from .intrinsics import lrint
 
     m = int(np.prod(shape_y[:-1]))
     k = shape_x[-1]  # bytes between rows of X
@@ -321,7 +277,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     n16 = (nn + 15) // 16 * 16  # columns padded to whole tiles (weights 0, not stored)
     nb2, nblocks, mblocks = n16 // 32, (n16 + 31) // 32, (m + 31) // 32
     nb = mblocks * nblocks  # 32 x 32 blocks, taken row block by row block (a row's outputs written together)
-    tasks = min(nb, 16)  # parallel tasks, each a run of consecutive blocks
+    tasks = min(nb, tasks)  # parallel tasks, each a run of consecutive blocks
     per = -(-nb // tasks)
     small = mp <= 16  # a few rows (a classifier's one): one tile of mp rows, not two of 16
     mt = mp if small else 16  # rows per tile
@@ -461,24 +417,7 @@ def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
     return np.ascontiguousarray(wp.reshape(kp // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
 
 
-def matmul_input(L, x, shape, kp: int, zero: int):
-    """The u8 input as rows for ``matmul_func`` and their count ``mp``: the input itself (rows of any length)
-    when it has up to 16 rows (one tile) or 32 and more, else a copy padded with ``zero`` to 32 rows of ``kp``
-    bytes. Returns (rows, their shape, mp)."""
-    m, k = int(np.prod(shape[:-1])), shape[-1]
-    if m <= 16 or m >= 32:
-        return x, tuple(shape), m
-    mp = 32
-    te, tir = L.te, L.tir
-
-    def fn(X):
-        flat = te.compute((m, k), lambda i, j: X[tuple(_unravel(i, shape[:-1])) + (j,)], name="rows")
-        return te.compute((mp, kp), lambda i, j: tir.if_then_else(tir.all(i < m, j < k), flat[tir.min(i, m - 1),
-                          tir.min(j, k - 1)], tir.const(zero, "uint8")), name="pad_rows")
-    return L.te_(fn, x, name="lowbit_amx_rows"), (mp, kp), mp
-
-
-def _unravel(i, dims):
+def unravel(i, dims):
     out = []
     for d in reversed(dims):
         out.append(i % d)

@@ -175,7 +175,7 @@ def depthwise_conv_nhwc(shape, out_shape, kernel, strides, pads, dilations, in_d
     to 16; integer values), m [c] f32 -> Y [n, oh, ow, c]."""
     from tvm.script import tirx as T
 
-    from . import lrint
+    from .intrinsics import lrint
 
     n, h, w, c = shape
     _, oh, ow, _ = out_shape

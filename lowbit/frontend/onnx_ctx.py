@@ -14,6 +14,7 @@ from ..ir.dtypes import DType
 from ..ir.graph import Graph, Value
 from ..ir.interp import evaluate_op
 from ..ir.types import TensorType
+from ..ir.registry import has_trait
 
 # ONNX TensorProto element types lowbit understands.
 _ONNX_DTYPES = {1: dt.f32, 2: dt.u8, 3: dt.i8, 5: dt.i16, 6: dt.i32, 7: dt.i64, 9: dt.boolean, 10: dt.f16,
@@ -23,7 +24,6 @@ _ONNX_DTYPE_NAMES = {0: "UNDEFINED", 4: "UINT16", 8: "STRING", 12: "UINT32", 13:
 
 # Ops that are never evaluated at import even when their operands are constant: folding a dequantize of an
 # int8 weight would throw away the quantization the model asks for.
-_NO_FOLD = {"quantize", "dequantize", "requantize"}
 
 
 class NodeError(Exception):
@@ -94,7 +94,7 @@ class Ctx:
             op = self.graph.create(opname, operands, attrs or {}, result_types, loc=self.node.name or None)
         except ValueError as e:
             raise NodeError(str(e)) from None
-        if opname not in _NO_FOLD and all(v.is_const for v in operands) and operands:
+        if not has_trait(opname, "no_fold") and all(v.is_const for v in operands) and operands:
             return self.fold(op)
         return op.results
 

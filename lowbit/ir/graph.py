@@ -19,6 +19,15 @@ import numpy as np
 
 from .types import TensorType
 
+# The op registry (building and verifying ops against their schemas) and the printer sit above this module and
+# install themselves here when imported (``lowbit.ir`` imports both), so the graph core imports neither.
+_SCHEMA: dict = {}
+
+
+def install(**hooks) -> None:
+    """Called by ``registry`` (``build_op``, ``verify_op``) and ``printer`` (``print_graph``) at import."""
+    _SCHEMA.update(hooks)
+
 
 class Value:
     """An SSA value: a graph input (``producer is None``) or result ``index`` of ``producer``."""
@@ -123,9 +132,7 @@ class Graph:
                before: Op | None = None) -> Op:
         """Create an op (attributes completed with defaults, types inferred unless given) and insert it
         at the end, or just before ``before``."""
-        from .registry import build_op
-
-        op = build_op(opname, list(operands), dict(attrs or {}), result_types, loc)
+        op = _SCHEMA["build_op"](opname, list(operands), dict(attrs or {}), result_types, loc)
         self.insert(op, before)
         return op
 
@@ -204,8 +211,7 @@ class Graph:
 
     def verify(self) -> None:
         """Check SSA order, use lists, and every op against its schema; raise ValueError naming the op."""
-        from .registry import verify_op
-
+        verify_op = _SCHEMA["verify_op"]
         defined = {id(v) for v in self.inputs}
         for op in self.ops:
             if op.graph is not self:
@@ -242,9 +248,7 @@ class Graph:
         return g
 
     def __str__(self) -> str:
-        from .printer import print_graph
-
-        return print_graph(self)
+        return _SCHEMA["print_graph"](self)
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Graph) and str(self) == str(other)

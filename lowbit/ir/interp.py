@@ -20,6 +20,8 @@ from ..errors import LowbitError
 from . import dtypes as dt
 from .graph import Graph, Op
 from .registry import conv_out, slice_dim
+from ..quant.scheme import (dequantize_array, dynamic_rescale, dynamic_u8_params, dynamic_u8_row_params,
+                            quantize_array, requantize_accumulator)
 from .types import QuantParams, TensorType
 
 _IMPLS: dict[str, Callable] = {}
@@ -191,24 +193,6 @@ def _cast(op, x):
 
 
 # -- quantization -------------------------------------------------------------------------------------------
-def _qparams(q: QuantParams, rank: int):
-    shape = q.broadcast_shape(rank)
-    return q.scale_array().reshape(shape), q.zero_point_array().reshape(shape)
-
-
-def quantize_array(x: np.ndarray, t: TensorType) -> np.ndarray:
-    """saturate(round_half_even(x / scale) + zero_point) with the division in f32, as onnxruntime does."""
-    scale, zp = _qparams(t.quant, x.ndim)
-    lo, hi = t.dtype.iinfo()
-    q = np.rint(x.astype(np.float32) / scale).astype(np.float64) + zp
-    return np.clip(q, lo, hi).astype(t.dtype.np_dtype)
-
-
-def dequantize_array(q: np.ndarray, t: TensorType) -> np.ndarray:
-    scale, zp = _qparams(t.quant, q.ndim)
-    return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
-
-
 impl("quantize")(lambda op, x: quantize_array(x, op.result.type))
 impl("dequantize")(lambda op, q: dequantize_array(q, op.operands[0].type))
 impl("requantize")(lambda op, q: quantize_array(dequantize_array(q, op.operands[0].type), op.result.type))
@@ -399,7 +383,7 @@ def _gemm(op, a, b, c=None):
     return y
 
 
-def _windows(x, kh, kw, sh, sw, dh, dw, oh, ow):
+def pool_windows(x, kh, kw, sh, sw, dh, dw, oh, ow):
     """(N, C, kh, kw, oh, ow) strided view of every window of an already padded NCHW array."""
     n, c, h, w = x.shape
     s = x.strides
@@ -415,29 +399,12 @@ def _conv2d(op, x, w, b=None):
     xp = np.pad(x, [(0, 0), (0, 0), (pt, pb), (pl, pr)])
     n, cin = x.shape[:2]
     cout, cpg, kh, kw = w.shape
-    cols = _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow).reshape(n, g, cpg * kh * kw, oh * ow)
+    cols = pool_windows(xp, kh, kw, sh, sw, dh, dw, oh, ow).reshape(n, g, cpg * kh * kw, oh * ow)
     wm = w.reshape(g, cout // g, cpg * kh * kw)
     y = np.matmul(wm[None], cols).reshape(n, cout, oh, ow)
     if b is not None:
         y = y + b.reshape(1, -1, 1, 1)
     return y
-
-
-def requantize_accumulator(acc: np.ndarray, x_t, w_t, r_t, channel_axis: int, activation: str) -> np.ndarray:
-    """saturate(round_half_even(f32(acc) * m) + zy) with m = f32(sx * sw) / sy, per output channel."""
-    sx = np.float32(x_t.quant.scale[0])
-    sw = w_t.quant.scale_array().astype(np.float32)
-    m = (sx * sw) / np.float32(r_t.quant.scale[0])
-    if m.size > 1:
-        shape = [1] * acc.ndim
-        shape[channel_axis] = m.size
-        m = m.reshape(shape)
-    zy = int(r_t.quant.zero_point[0])
-    lo, hi = r_t.dtype.iinfo()
-    if activation == "relu":
-        lo = max(lo, zy)
-    v = np.rint(acc.astype(np.int32).astype(np.float32) * m).astype(np.int64) + zy
-    return np.clip(v, lo, hi).astype(r_t.dtype.np_dtype)
 
 
 def _centered(q: np.ndarray, t) -> np.ndarray:
@@ -463,37 +430,12 @@ def _qmatmul(op, x, w, b=None):
     return requantize_accumulator(np.rint(acc).astype(np.int64), xt, wt, op.result.type, -1, op.attrs["activation"])
 
 
-def dynamic_u8_params(x: np.ndarray) -> tuple[np.float32, int]:
-    """onnxruntime's DynamicQuantizeLinear parameters: u8 over [min(x, 0), max(x, 0)]."""
-    lo, hi = np.float32(min(float(x.min()), 0.0)), np.float32(max(float(x.max()), 0.0))
-    scale = np.float32((hi - lo) / np.float32(255))
-    if scale == 0:
-        return np.float32(1.0), 0
-    return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
-
-
-def dynamic_u8_row_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``dynamic_u8_params`` of every row of the last axis: scales and zero points shaped [..., 1]."""
-    lo = np.minimum(x.min(axis=-1, keepdims=True), 0).astype(np.float32)
-    hi = np.maximum(x.max(axis=-1, keepdims=True), 0).astype(np.float32)
-    scale = ((hi - lo) / np.float32(255)).astype(np.float32)
-    zero = scale == 0
-    scale = np.where(zero, np.float32(1), scale).astype(np.float32)
-    zp = np.where(zero, 0, np.clip(np.rint(-lo / scale), 0, 255)).astype(np.int64)
-    return scale, zp
-
-
 @impl("qmatmul_dynamic")
 def _qmatmul_dynamic(op, x, w, b=None):
     sx, zx = dynamic_u8_row_params(x) if op.attrs["per_row"] else dynamic_u8_params(x)
     xq = np.clip(np.rint(x.astype(np.float32) / sx) + zx, 0, 255)
     acc = np.rint(np.matmul(xq.astype(np.float64) - zx, w.astype(np.float64)))
-    m = sx * op.operands[1].type.quant.scale_array().astype(np.float32)
-    a = acc.astype(np.int32).astype(np.float32)
-    if b is None:
-        return a * m
-    # one rounding, as the fused multiply-add the CPU code uses (the f64 product of two f32 values is exact)
-    return (a.astype(np.float64) * m.astype(np.float64) + b.astype(np.float64)).astype(np.float32)
+    return dynamic_rescale(acc, sx, op.operands[1].type.quant.scale_array(), b)
 
 
 @impl("conv_transpose2d")
@@ -518,7 +460,7 @@ def _conv_transpose2d(op, x, w, b=None):
     return y
 
 
-def _pool_pad(op, x):
+def pool_pad(op, x):
     a = op.attrs
     (pt, pl, pb, pr) = a["pads"]
     _, _, oh, ow = op.result.type.shape
@@ -533,22 +475,22 @@ def _pool_pad(op, x):
 
 @impl("max_pool2d")
 def _max_pool(op, x):
-    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x)
+    (pt, pl, pb, pr), (eh, ew), geo = pool_pad(op, x)
     lowest = -np.inf if np.issubdtype(x.dtype, np.floating) else np.iinfo(x.dtype).min
     xp = np.pad(x, [(0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)], constant_values=lowest)
-    return _windows(xp, *geo).max(axis=(2, 3))
+    return pool_windows(xp, *geo).max(axis=(2, 3))
 
 
 @impl("avg_pool2d")
 def _avg_pool(op, x):
-    (pt, pl, pb, pr), (eh, ew), geo = _pool_pad(op, x)
+    (pt, pl, pb, pr), (eh, ew), geo = pool_pad(op, x)
     xp = np.pad(x, [(0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)])
-    total = _windows(xp, *geo).sum(axis=(2, 3), dtype=x.dtype)
+    total = pool_windows(xp, *geo).sum(axis=(2, 3), dtype=x.dtype)
     ones = np.ones((1, 1) + x.shape[2:], x.dtype)
     pad_val = 1 if op.attrs["count_include_pad"] else 0
     mask = np.pad(ones, [(0, 0), (0, 0), (pt, pb), (pl, pr)], constant_values=pad_val)
     mask = np.pad(mask, [(0, 0), (0, 0), (0, eh), (0, ew)])
-    count = _windows(mask, *geo).sum(axis=(2, 3), dtype=x.dtype)
+    count = pool_windows(mask, *geo).sum(axis=(2, 3), dtype=x.dtype)
     return total / count
 
 

@@ -106,7 +106,13 @@ class _Parser:
             raise self.error(str(e)) from None
 
     def quant(self) -> QuantParams:
-        axis = group = None
+        axis = group = storage = None
+        if self.accept("range"):
+            self.expect("=")
+            lo = int(self.match(_NUMBER, "an integer").group(0))
+            self.expect(":")
+            storage = (lo, int(self.match(_NUMBER, "an integer").group(0)))
+            self.expect(",")
         if self.accept("axis"):
             self.expect("=")
             axis = int(self.match(_NUMBER, "an integer").group(0))
@@ -121,7 +127,8 @@ class _Parser:
         else:
             pairs = self.scale_zps(">")
         try:
-            return QuantParams(tuple(float(np.float32(s)) for s, _ in pairs), tuple(z for _, z in pairs), axis, group)
+            return QuantParams(tuple(float(np.float32(s)) for s, _ in pairs), tuple(z for _, z in pairs), axis, group,
+                               storage)
         except ValueError as e:
             raise self.error(str(e)) from None
 

@@ -12,7 +12,7 @@ import re
 import numpy as np
 
 from .dtypes import DType
-from .graph import Graph, Value
+from .graph import Graph, Value, install
 
 INLINE_LIMIT = 16
 _BARE = re.compile(r"[A-Za-z_][\w.]*\Z")
@@ -101,3 +101,6 @@ def print_graph(g: Graph) -> str:
         lines.extend(resources)
         lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+install(print_graph=print_graph)

@@ -28,7 +28,8 @@ import numpy as np
 
 from . import dtypes as dt
 from .dtypes import DType
-from .graph import Op, Value
+from .graph import Op, Value, install
+from ..quant.scheme import storage_range
 from .types import TensorType
 
 REQUIRED = object()
@@ -304,7 +305,7 @@ def _check_quant_type(r: TensorType, shape):
     if q.axis is not None and q.group is None:
         if not 0 <= q.axis < r.rank or r.shape[q.axis] != len(q.scale):
             raise ValueError(f"{len(q.scale)} scales do not match axis {q.axis} of {r}")
-    lo, hi = r.dtype.iinfo()
+    lo, hi = storage_range(r.dtype, q)
     if any(not lo <= z <= hi for z in q.zero_point):
         raise ValueError(f"zero point out of range for {r.dtype.name}")
 
@@ -683,3 +684,6 @@ register(OpSchema("avg_pool2d", (1, 1), {"kernel": Attr("ints"), "strides": Attr
                                          "count_include_pad": Attr("bool", False)}, _infer_pool))
 register(OpSchema("global_avg_pool", (1, 1), {}, _infer_global_pool))
 register(OpSchema("global_max_pool", (1, 1), {}, _infer_global_pool))
+
+
+install(build_op=build_op, verify_op=verify_op)

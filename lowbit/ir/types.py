@@ -25,13 +25,16 @@ class QuantParams:
 
     ``axis`` is None for per-tensor; per-channel has one (scale, zp) per index of ``axis``;
     group-wise additionally splits the other reduction axis into groups of ``group`` elements,
-    with scales stored flattened in C order.
+    with scales stored flattened in C order. ``storage`` is the range of stored integers when narrower than
+    the dtype's (symmetric i8 weights: ``(-127, 127)``, printed ``range=-127:127``, MLIR's
+    ``!quant.uniform<i8<-127:127>:f32, ...>``); None means the dtype's whole range.
     """
 
     scale: tuple[float, ...]
     zero_point: tuple[int, ...]
     axis: int | None = None
     group: int | None = None
+    storage: tuple[int, int] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
@@ -40,6 +43,11 @@ class QuantParams:
             raise ValueError("quantization needs one zero point per scale and at least one scale")
         if self.axis is None and len(self.scale) != 1:
             raise ValueError("per-tensor quantization has exactly one scale")
+        if self.storage is not None:
+            lo, hi = (int(v) for v in self.storage)
+            if lo >= hi:
+                raise ValueError(f"storage range {lo}:{hi} is empty")
+            object.__setattr__(self, "storage", (lo, hi))
 
     def scale_array(self) -> np.ndarray:
         return np.asarray(self.scale, dtype=np.float32)
@@ -59,10 +67,11 @@ class QuantParams:
 
     def __str__(self) -> str:
         pairs = ", ".join(f"{_fmt_scale(s)}:{z}" for s, z in zip(self.scale, self.zero_point))
+        rng = f"range={self.storage[0]}:{self.storage[1]}, " if self.storage is not None else ""
         if self.axis is None:
-            return f"q<{pairs}>"
+            return f"q<{rng}{pairs}>"
         head = f"axis={self.axis}" + (f", group={self.group}" if self.group is not None else "")
-        return f"q<{head}, [{pairs}]>"
+        return f"q<{rng}{head}, [{pairs}]>"
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import numpy as np
 from ..ir import dtypes as dt
 from ..ir.graph import Graph
 from ..ir.types import QuantParams, TensorType
+from ..quant import scheme
 from .base import Pass, PassContext, register_pass
 from .rewriter import Any, Pat, Rule, apply_rules
 
@@ -54,9 +55,8 @@ def _weight_ok(wq, out_axis: int) -> str | None:
 
 def _bias_i32(bias, xq, wq, n_out: int):
     """The bias as i32 in units of sx * sw (per output channel), or a reason it cannot be."""
-    sx = np.float64(np.float32(xq.type.quant.scale[0]))
-    sw = wq.type.quant.scale_array().astype(np.float32).astype(np.float64) * np.ones(n_out)
-    unit = sx * sw
+    sw = wq.type.quant.scale_array()
+    unit = scheme.bias_unit(xq.type.quant.scale[0], sw, n_out)
     bq = _dq_const(bias)
     if bq is not None:
         q = bq.type.quant
@@ -67,10 +67,10 @@ def _bias_i32(bias, xq, wq, n_out: int):
             return None, "the bias scale is not input scale x weight scale"
         return bq.const_value.astype(np.int32).reshape(n_out), None
     if bias.is_const and bias.type.dtype == dt.f32:
-        b = np.rint(bias.const_value.astype(np.float64).reshape(-1) / unit)
-        if b.size != n_out or np.any(np.abs(b) >= 2 ** 31):
+        b = scheme.bias_to_i32(bias.const_value, xq.type.quant.scale[0], sw, n_out)
+        if b is None:
             return None, "the float bias does not fit i32 in units of input scale x weight scale"
-        return b.astype(np.int32), None
+        return b, None
     return None, "the bias is neither dequantize(i32 constant) nor a float constant"
 
 
@@ -82,9 +82,7 @@ def _unwrap(root):
     if y is not None and y.opname == "relu":
         return y.operands[0].producer, "relu"
     if y is not None and y.opname == "clip" and y.attrs["min"] == 0.0:
-        q = root.result.type
-        top = (q.dtype.iinfo()[1] - q.quant.zero_point[0]) * np.float32(q.quant.scale[0])
-        if top <= y.attrs["max"] + 0.5 * q.quant.scale[0]:
+        if scheme.relu_folds_into_saturation(root.result.type, y.attrs["max"]):
             return y.operands[0].producer, "relu"
     return y, "none"
 

@@ -25,6 +25,7 @@ from ..errors import LowbitError
 from ..ir import dtypes as dt
 from ..ir.graph import Graph
 from ..ir.types import QuantParams, TensorType
+from ..quant import scheme
 from .base import Pass, PassContext, register_pass
 
 TARGETS = ("conv2d", "gemm", "matmul")
@@ -48,17 +49,14 @@ def _weight_axis(op) -> int | None:
 
 
 def _per_channel_i8(w: np.ndarray, axis: int):
-    """(i8 weight, its type, f32 scales): symmetric per output channel along ``axis``, scale = max|w| / 127."""
-    w = w.astype(np.float64)
-    amax = np.max(np.abs(w), axis=tuple(i for i in range(w.ndim) if i != axis))
-    sw = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    wq = np.ascontiguousarray(np.clip(np.rint(w / sw.reshape(shape)), -127, 127).astype(np.int8))
-    return wq, TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis)), sw
+    """(i8 weight, its type, f32 scales): symmetric per output channel along ``axis`` (``scheme.symmetric_weights``),
+    typed with the narrow storage range [-127, 127]."""
+    wq, sw = scheme.symmetric_weights(w, axis)
+    return wq, TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis,
+                                                       storage=scheme.NARROW_I8)), sw
 
 
-def _output_point(g: Graph, op):
+def output_point(g: Graph, op):
     """Where the op's output is quantized: after a ReLU or a Clip(0, hi) (ReLU6) that is its only user, else its
     result; the integer op then applies the activation."""
     y = op.results[0]
@@ -111,7 +109,7 @@ class Quantize(Pass):
         points, outputs = {}, set()
         for op in targets:
             points[id(op.operands[0])] = op.operands[0]
-            y = _output_point(graph, op)
+            y = output_point(graph, op)
             points[id(y)] = y
             outputs.add(id(y))
         obs = collect(graph, samples, list(points))
@@ -157,10 +155,10 @@ class Quantize(Pass):
         wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
         op.set_operand(1, wv)
         if len(op.operands) > 2:
-            b = op.operands[2].const_value.astype(np.float64).reshape(-1)
-            unit = np.float64(np.float32(xq.quant.scale[0])) * sw.astype(np.float64)
-            bq = np.rint(b / unit)
-            if np.any(np.abs(bq) >= 2 ** 31):
+            b = op.operands[2].const_value
+            unit = scheme.bias_unit(xq.quant.scale[0], sw, len(sw))
+            bq = scheme.bias_to_i32(b, xq.quant.scale[0], sw, len(sw))
+            if bq is None:
                 raise LowbitError(f"{op.describe()}: the bias does not fit i32 at input scale x weight scale")
             bt = TensorType(bq.shape, dt.i32, QuantParams(tuple(map(float, unit)), (0,) * len(unit), 0))
             bv = g.create("dequantize", [g.const(bq.astype(np.int32), loc=op.loc, before=op, type=bt)], loc=op.loc,

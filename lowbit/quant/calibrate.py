@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import LowbitError
+from . import scheme
 
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 KEEP = 1 << 18  # elements kept per observed value across all samples
@@ -131,9 +132,7 @@ def collect(graph, samples: list[dict], values: list) -> dict[int, Observed]:
 
 
 def _fake_quant_mse(v: np.ndarray, lo: float, hi: float, levels: int) -> float:
-    scale = (hi - lo) / (levels - 1) or 1.0
-    q = np.clip(np.rint((v - lo) / scale), 0, levels - 1) * scale + lo
-    return float(np.mean((q - v) ** 2))
+    return float(np.mean((scheme.fake_quantize(v, lo, hi, levels) - v) ** 2))
 
 
 def _entropy_threshold(v: np.ndarray, levels: int, bins: int = 2048) -> float:
@@ -198,7 +197,4 @@ def calibrate_range(o: Observed, method: str, percentile: float = 99.999, signed
 
 def qparams(lo: float, hi: float, signed: bool) -> tuple[float, int]:
     """(scale, zero point): u8 asymmetric over [lo, hi], or i8 symmetric over [-max|.|, max|.|]."""
-    if signed:
-        return max(abs(lo), abs(hi)) / 127.0, 0
-    scale = (hi - lo) / 255.0
-    return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
+    return scheme.affine_params(lo, hi, signed)

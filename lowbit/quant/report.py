@@ -29,8 +29,8 @@ def _run(graph, sample: dict, want: set) -> dict:
 
 def layer_report(float_graph, quant_graph, samples: list[dict], max_samples: int = 4) -> list[dict]:
     """[{name, op, sqnr_db, cosine}] for every integer op that has a float counterpart of the same name."""
-    from ..ir.interp import dequantize_array
-    from ..passes.quantize import _output_point
+    from .scheme import dequantize_array
+    from ..passes.quantize import output_point
 
     by_loc = {}
     for op in float_graph.ops:
@@ -39,7 +39,7 @@ def layer_report(float_graph, quant_graph, samples: list[dict], max_samples: int
     pairs = []
     for op in quant_graph.ops:
         if op.opname in INTEGER_OPS and op.loc in by_loc:
-            pairs.append((op, _output_point(float_graph, by_loc[op.loc])))
+            pairs.append((op, output_point(float_graph, by_loc[op.loc])))
     if not pairs:
         return []
     acc = {id(q): [0.0, 0.0, 0.0, 0.0] for q, _ in pairs}  # sum ref^2, sum err^2, dot, sum q^2

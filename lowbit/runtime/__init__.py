@@ -158,7 +158,7 @@ def load(path) -> Module:
     target = manifest.get("target", {})
     kind = target.get("kind")
     if kind == "llvm":
-        missing = missing_cpu_features(target.get("mcpu", ""))
+        missing = missing_cpu_features(target)
         if missing:
             raise LowbitError(f"{path}: compiled for CPU '{target.get('mcpu')}', but this CPU lacks "
                               f"{', '.join(sorted(missing))}; recompile with --target auto")

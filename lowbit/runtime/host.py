@@ -1,17 +1,39 @@
-"""What this host can run: x86 CPU features (from /proc/cpuinfo), core count, CUDA devices."""
+"""What this host can run: x86 CPU features (from /proc/cpuinfo), caches, core count — and which features code
+built for a target needs. The one place that reads the hardware; the runtime checks an artifact with it (no
+compiler needed), and the code generator's ``Target`` (``lowbit.codegen.target``) is built from it.
+
+Features are named as /proc/cpuinfo names them (``avx512_vnni``, ``amx_int8``); LLVM's ``mattr`` names
+(``+avx512vnni``, ``-amx-int8``) map onto them through ``MATTR_FLAGS``.
+
+>>> sorted(required_features({"kind": "llvm", "mcpu": "sapphirerapids", "mattr": ["-amx-int8", "-amx-bf16"]}))[:3]
+['avx512_bf16', 'avx512_vnni', 'avx512bw']
+"""
 from __future__ import annotations
 
 import os
 import platform
 
-# LLVM CPU names lowbit targets, with the /proc/cpuinfo flags code built for them needs.
+_AVX512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
+# LLVM CPU names lowbit targets, with the /proc/cpuinfo flags code built for them needs, best first.
 MCPU_FLAGS = {
-    "sapphirerapids": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"},
-    "cascadelake": {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
-    "skylake-avx512": {"avx512f", "avx512bw", "avx512vl"},
+    "sapphirerapids": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"},
+    "znver4": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_bf16"},
+    "cascadelake": _AVX512 | {"avx512_vnni"},
+    "skylake-avx512": set(_AVX512),
     "haswell": {"avx2", "fma"},
     "x86-64": set(),
 }
+# LLVM target features (``mattr`` entries, without the sign) and the cpuinfo flag each one is.
+MATTR_FLAGS = {
+    "amx-int8": "amx_int8", "amx-bf16": "amx_bf16", "amx-tile": "amx_tile", "avx512vnni": "avx512_vnni",
+    "avx512bf16": "avx512_bf16", "avx512vbmi": "avx512vbmi", "avx512f": "avx512f", "avx512bw": "avx512bw",
+    "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512cd": "avx512cd", "avxvnni": "avx_vnni",
+    "avx2": "avx2", "fma": "fma",
+}
+# features whose absence removes the ones that build on them (turning off AVX-512 turns off VNNI-512 too)
+_IMPLIED_BY = {"avx512f": {"avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni", "avx512vbmi",
+                           "avx512_bf16"},
+               "amx_tile": {"amx_int8", "amx_bf16"}, "avx2": {"avx_vnni"}}
 
 
 def cpu_flags() -> set[str]:
@@ -25,23 +47,77 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def host_mcpu(flags: set[str] | None = None) -> str:
-    """The best LLVM CPU name in MCPU_FLAGS whose features this host has (x86); 'generic' elsewhere."""
+def cpu_vendor() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+def cpu_model_name() -> str:
+    """The CPU's marketing name, as /proc/cpuinfo gives it (what every benchmark figure names)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host_mcpu(flags: set[str] | None = None, vendor: str | None = None) -> str:
+    """The best LLVM CPU name in MCPU_FLAGS whose features this host has (x86); 'generic' elsewhere. AMD's
+    AVX-512 parts are ``znver4`` (LLVM's Intel names would turn off VBMI and BF16 there)."""
     if platform.machine() not in ("x86_64", "AMD64"):
         return "generic"
     flags = cpu_flags() if flags is None else flags
+    amd = (cpu_vendor() if vendor is None else vendor) == "AuthenticAMD"
     for mcpu, need in MCPU_FLAGS.items():
+        if (mcpu == "znver4") != amd and mcpu in ("znver4", "sapphirerapids"):
+            continue
         if need <= flags:
             return mcpu
     return "x86-64"
 
 
-def missing_cpu_features(mcpu: str) -> set[str]:
-    """Features code compiled for ``mcpu`` needs that this host lacks (empty when unknown or fine)."""
-    need = MCPU_FLAGS.get(mcpu)
-    if need is None or platform.machine() not in ("x86_64", "AMD64"):
+def _without(features: set[str], flag: str) -> set[str]:
+    out = features - {flag}
+    for dep in _IMPLIED_BY.get(flag, ()):
+        out = _without(out, dep)
+    return out
+
+
+def apply_mattr(features: set[str], mattr) -> set[str]:
+    """``features`` with LLVM ``mattr`` entries applied (``-amx-int8`` removes amx_int8, ``+avxvnni`` adds
+    avx_vnni); entries lowbit does not track are left to LLVM."""
+    out = set(features)
+    for entry in mattr or ():
+        sign, name = entry[:1], entry[1:]
+        flag = MATTR_FLAGS.get(name)
+        if flag is None or sign not in "+-":
+            continue
+        out = out | {flag} if sign == "+" else _without(out, flag)
+    return out
+
+
+def required_features(target: dict) -> set[str]:
+    """The cpuinfo flags that code built for an llvm target JSON (``mcpu``, ``mattr``) may use."""
+    return apply_mattr(MCPU_FLAGS.get(target.get("mcpu", ""), set()), target.get("mattr"))
+
+
+def missing_cpu_features(target: dict | str) -> set[str]:
+    """Features code compiled for ``target`` (a target JSON, or an mcpu name) needs that this host lacks
+    (empty when unknown or fine)."""
+    if isinstance(target, str):
+        target = {"kind": "llvm", "mcpu": target}
+    if target.get("mcpu") not in MCPU_FLAGS or platform.machine() not in ("x86_64", "AMD64"):
         return set()
-    return need - cpu_flags()
+    return required_features(target) - cpu_flags()
 
 
 def host_cores() -> int:
@@ -49,6 +125,33 @@ def host_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+def _size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text.rstrip("KMG") or 0) * scale
+
+
+def host_caches() -> dict[str, int]:
+    """Per-core data cache sizes in bytes (``l1d``, ``l2``) and the shared ``l3``, from sysfs; {} if unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    out = {}
+    try:
+        for idx in sorted(os.listdir(base)):
+            d = os.path.join(base, idx)
+            with open(os.path.join(d, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(d, "type")) as f:
+                kind = f.read().strip()
+            with open(os.path.join(d, "size")) as f:
+                size = _size(f.read())
+            if kind == "Instruction":
+                continue
+            out["l1d" if level == "1" else f"l{level}"] = size
+    except (OSError, ValueError):
+        return {}
+    return out
 
 
 _AMX_GRANTED = False
@@ -69,11 +172,11 @@ def enable_amx() -> None:
     if libc.syscall(sys_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) != 0:
         err = ctypes.get_errno()
         raise LowbitError(f"this kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
-                          f"{os.strerror(err)}); compile for a CPU without AMX, e.g. --target "
-                          f"'{{\"kind\": \"llvm\", \"mcpu\": \"cascadelake\"}}'")
+                          f"{os.strerror(err)}); compile without AMX, e.g. --target "
+                          f"'{{\"kind\": \"llvm\", \"mcpu\": \"sapphirerapids\", \"mattr\": [\"-amx-int8\"]}}'")
     _AMX_GRANTED = True
 
 
 def uses_amx(target: dict) -> bool:
-    """Whether code for this lowbit target may hold AMX instructions."""
-    return target.get("kind") == "llvm" and target.get("mcpu") == "sapphirerapids"
+    """Whether code for this target JSON may hold AMX instructions."""
+    return target.get("kind") == "llvm" and "amx_int8" in required_features(target)

@@ -24,9 +24,26 @@ MIN_PARALLEL = 1 << 14  # elements: smaller kernels stay serial (thread start-up
 
 
 def _vector_bytes(target) -> int:
-    """64 bytes (AVX-512) on targets that have it, else 32 (AVX2)."""
-    mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
-    return 64 if mcpu in ("sapphirerapids", "cascadelake", "skylake-avx512", "icelake-server") else 32
+    """64 bytes (AVX-512) on targets that have it, else 32 (AVX2); ``target`` is lowbit's ``Target``."""
+    return 64 if target.has("avx512f") else 32
+
+
+class LowbitRule(CPUScheduleRule):
+    """A schedule rule that knows lowbit's ``Target`` and ``CodegenConfig`` and records why it declined:
+    ``log`` collects one line per decline (``lowbit compile --debug-schedules`` prints them)."""
+
+    def __init__(self, target, config, log: list | None = None):
+        self.lb_target, self.config = target, config
+        self.log = log if log is not None else []
+
+    def declined(self, what: str, err) -> None:
+        msg = str(err).strip().splitlines()
+        self.log.append(f"{type(self).__name__}: {what}: {msg[-1] if msg else type(err).__name__}")
+
+    def knob(self, sch, block, name: str):
+        """Knob ``name`` for the kernel a block belongs to (its ``lowbit.kernel`` annotation), else the model's."""
+        kernel = sch.get(block).annotations.get("lowbit.kernel")
+        return self.config.knob(name, str(kernel) if kernel is not None else None)
 
 
 def _extent(sch, loop) -> int | None:
@@ -52,7 +69,7 @@ def _region_buffer(region):
     return getattr(region, "buffer", None) or region.source
 
 
-def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
+def _schedule_spatial(sch, block, kinds, vbytes: int, min_parallel: int = MIN_PARALLEL) -> None:
     """Fuse the spatial loops; parallel outside, vectorized inside (when it divides); reductions serial."""
     loops = sch.get_loops(block)
     s = [lp for lp, k in zip(loops, kinds) if k == "S"]
@@ -71,7 +88,7 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         sch.reorder(*s[:-1], vo, *r, vi)
         sch.vectorize(vi)
         outer = sch.fuse(*s[:-1], vo) if s[:-1] else vo
-        if (_extent(sch, outer) or 0) * lanes * _work(sch, r) >= MIN_PARALLEL:
+        if (_extent(sch, outer) or 0) * lanes * _work(sch, r) >= min_parallel:
             sch.parallel(outer)
         sch.decompose_reduction(block, r[0])
         return
@@ -94,7 +111,7 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
             vo, vi = sch.split(s[-1], [None, row])
             outer = sch.fuse(*s[:-1], vo)
             sch.vectorize(vi)
-            if (_extent(sch, outer) or 0) * row >= MIN_PARALLEL:
+            if (_extent(sch, outer) or 0) * row >= min_parallel:
                 sch.parallel(outer)
             return
     width = max((d for d in (64, 32, 16, 8, 4) if d <= lanes and trailing and trailing % d == 0), default=0)
@@ -103,14 +120,14 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
         fused = sch.fuse(*s) if len(s) > 1 else s[0]
         outer, inner = sch.split(fused, [None, width])
         sch.vectorize(inner)
-        if _extent(sch, outer) * width >= MIN_PARALLEL:
+        if _extent(sch, outer) * width >= min_parallel:
             sch.parallel(outer)
         return
     if not r and vectorizable and inner_ext % lanes and len(s) > 1 and inner_ext >= lanes:
         # rows that are not a whole number of vectors (a padded 130-wide image): vectors over the flattened
         # index would straddle rows and compute every lane's address apart; run rows in parallel instead
         outer = sch.fuse(*s[:-1]) if len(s) > 2 else s[0]
-        if (_extent(sch, outer) or 0) * inner_ext >= MIN_PARALLEL:
+        if (_extent(sch, outer) or 0) * inner_ext >= min_parallel:
             sch.parallel(outer)
         return
     fused = sch.fuse(*s) if len(s) > 1 else s[0]
@@ -120,9 +137,9 @@ def _schedule_spatial(sch, block, kinds, vbytes: int) -> None:
     if not r and vectorizable and n % lanes == 0 and n >= lanes:
         outer, inner = sch.split(fused, [None, lanes])
         sch.vectorize(inner)
-        if n >= MIN_PARALLEL:
+        if n >= min_parallel:
             sch.parallel(outer)
-    elif n * _work(sch, r) >= MIN_PARALLEL:
+    elif n * _work(sch, r) >= min_parallel:
         sch.parallel(fused)
 
 
@@ -168,7 +185,7 @@ def _open(rule, func, target):
     return None if infos is None else (sch, infos)
 
 
-class Elementwise(CPUScheduleRule):
+class Elementwise(LowbitRule):
     """Parallel + vectorized loops for every block of a function (the fallback)."""
 
     def apply(self, func, target, _tunable):
@@ -176,12 +193,14 @@ class Elementwise(CPUScheduleRule):
         if opened is None:
             return None
         sch, infos = opened
-        vbytes = _vector_bytes(target)
+        vbytes = _vector_bytes(self.lb_target)
         infos = _inline_elementwise(sch, infos)
         for info in infos:
             try:
-                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
-            except Exception:  # a block this rule cannot handle stays as it is (still correct)
+                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes,
+                                  self.knob(sch, info.block_rv, "min_parallel"))
+            except Exception as e:  # a block this rule cannot handle stays as it is (still correct)
+                self.declined(f"block {sch.get(info.block_rv).name_hint} left unscheduled", e)
                 continue
         return sch
 
@@ -263,12 +282,14 @@ def _vars_in(expr) -> set:
     return out
 
 
-class Contraction(CPUScheduleRule):
-    """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function."""
+class Contraction(LowbitRule):
+    """Register-tiled, vectorized, parallel schedule for the one multiply-accumulate block of a function; the
+    register tile's rows (``tile``) and accumulator count (``accumulators``) are knobs, per kernel."""
 
-    def __init__(self, tile: int = 8, accumulators: int = 16, inline_copies: bool = True, fuse_epilogue: bool = True,
+    def __init__(self, target, config, log=None, inline_copies: bool = True, fuse_epilogue: bool = True,
                  local_padding: bool = True):
-        self.tile, self.accumulators, self.local_padding = tile, accumulators, local_padding
+        super().__init__(target, config, log)
+        self.local_padding = local_padding
         self.inline_copies, self.fuse_epilogue = inline_copies, fuse_epilogue
 
     def apply(self, func, target, _tunable):
@@ -280,7 +301,10 @@ class Contraction(CPUScheduleRule):
         if len(main) != 1:
             return None
         main = main[0]
-        vbytes = _vector_bytes(target)
+        vbytes = _vector_bytes(self.lb_target)
+        self.tile = self.knob(sch, main.block_rv, "tile")
+        self.accumulators = self.knob(sch, main.block_rv, "accumulators")
+        min_parallel = self.knob(sch, main.block_rv, "min_parallel")
         others = [i for i in infos if i is not main]
         # producers that only copy (a pad_temp without padding, for 1x1 convs) are inlined into the loads
         for info in list(others):
@@ -294,7 +318,8 @@ class Contraction(CPUScheduleRule):
         produced = {str(_region_buffer(r).name) for r in sch.get(main.block_rv).writes}
         try:
             tile_loop, acc, par_loop, vec_var = self._tile(sch, main, vbytes)
-        except Exception:
+        except Exception as e:
+            self.declined(f"block {sch.get(main.block_rv).name_hint} not register-tiled", e)
             return None
         fused = []
         # injective epilogues (bias, activation, residual add), in program order, run per tile right after the
@@ -306,7 +331,8 @@ class Contraction(CPUScheduleRule):
                 continue
             try:
                 sch.reverse_compute_at(info.block_rv, tile_loop, preserve_unit_loops=True)
-            except Exception:
+            except Exception as e:
+                self.declined(f"epilogue {sch.get(info.block_rv).name_hint} not fused into the tile", e)
                 continue
             loops = sch.get_loops(info.block_rv)
             if (_extent(sch, loops[-1]) or 1) > 1:
@@ -338,7 +364,8 @@ class Contraction(CPUScheduleRule):
                 continue
             try:
                 sch.compute_at(info.block_rv, par_loop, preserve_unit_loops=True)
-            except Exception:
+            except Exception as e:
+                self.declined(f"producer {sch.get(info.block_rv).name_hint} not computed per tile", e)
                 continue
             loops = sch.get_loops(info.block_rv)
             if (_extent(sch, loops[-1]) or 0) % _lanes(str(_region_buffer(blk.writes[0]).dtype), vbytes) == 0:
@@ -346,8 +373,9 @@ class Contraction(CPUScheduleRule):
             others.remove(info)
         for info in others:
             try:
-                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes)
-            except Exception:
+                _schedule_spatial(sch, info.block_rv, info.dom_kind(), vbytes, min_parallel)
+            except Exception as e:
+                self.declined(f"block {sch.get(info.block_rv).name_hint} left unscheduled", e)
                 continue
         return sch
 
@@ -516,16 +544,14 @@ def _vnni_intrin() -> str:
     return _VNNI
 
 
-class DotProduct4(CPUScheduleRule):
-    """The u8 x i8 conv laid out for VNNI (``lower._qconv2d_dot4``): an R x 16 tile of i32 accumulators over
+class DotProduct4(LowbitRule):
+    """The u8 x i8 conv laid out for VNNI (``ops_int.qconv2d_dot4``): an R x 16 tile of i32 accumulators over
     output columns x output channels, each 16-channel step one ``vpdpbusd`` (TVM's dot_16x4_vnni intrinsic)
     over 4 input channels; the requantization runs per tile from the accumulators. Only on VNNI CPUs."""
 
-    rows = 8
 
     def apply(self, func, target, _tunable):
-        mcpu = str(target.attrs.get("mcpu", "")) if hasattr(target, "attrs") else ""
-        if mcpu not in ("sapphirerapids", "cascadelake", "icelake-server"):
+        if not self.lb_target.has("avx512_vnni"):
             return None
         opened = _open(self, func, target)
         if opened is None:
@@ -544,7 +570,7 @@ class DotProduct4(CPUScheduleRule):
             if len(sp) < 2 or not rd or _extent(sch, sp[-1]) != 16 or _extent(sch, rd[-1]) != 4:
                 return None
             x, q, rk = sp[-2], sp[-1], rd[-1]
-            r = _largest_divisor(_extent(sch, x), self.rows)
+            r = _largest_divisor(_extent(sch, x), self.knob(sch, block, "vnni_rows"))
             xo, xi = sch.split(x, [None, r])
             sch.reorder(*sp[:-2], xo, *rd[:-1], xi, q, rk)
             # the intrinsic's accumulator is a "global" buffer; a per-tile one still ends up in registers
@@ -563,15 +589,18 @@ class DotProduct4(CPUScheduleRule):
                 if name == "requantize":
                     sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
                 else:
-                    _schedule_spatial(sch, b, info.dom_kind(), _vector_bytes(target))
+                    _schedule_spatial(sch, b, info.dom_kind(), _vector_bytes(self.lb_target),
+                                      self.knob(sch, b, "min_parallel"))
             try:
                 sch.compute_inline(acc)
             except Exception:
-                pass
-        except Exception:
+                pass  # the accumulator copy stays: still correct, and in registers per tile
+        except Exception as e:
+            self.declined("a dot4 conv not tensorized with vpdpbusd", e)
             return None
         return sch
 
 
-def default_rules():
-    return [DotProduct4(), Contraction(), Elementwise()]
+def default_rules(target, config, log: list | None = None):
+    """lowbit's CPU rules for ``target`` with the knobs of ``config``, in the order they are tried."""
+    return [DotProduct4(target, config, log), Contraction(target, config, log), Elementwise(target, config, log)]

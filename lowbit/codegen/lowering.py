@@ -1,0 +1,90 @@
+"""What every lowering rule shares: the rule table (``RULES``: one rule per IR op), the ``Lowerer`` a rule
+receives (the Relax block builder, the target, the codegen knobs, the values' layouts) and small helpers.
+
+A rule is ``fn(L, op, *operands) -> Relax expr`` registered with ``@rule("opname")``: Relax's own ops where
+their semantics are exactly the IR's, TE (``L.te_``) where they are not. Ops with several implementations
+(integer kernels on AMX, VNNI, ...) are chosen in ``kernels.py``; the driver is ``lower.py``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..ir import dtypes as dt
+
+RULES: dict[str, Callable] = {}
+# ops the code generator refuses, by name, with the reason (``lowering_table``)
+REFUSED: dict[str, str] = {}
+SUPPORTED_DTYPES = {dt.f32, dt.f16, dt.bf16, dt.f64, dt.i64, dt.i32, dt.i16, dt.i8, dt.u8, dt.boolean}
+
+
+def rule(*names):
+    """Register ``fn(L, op, *operands)`` as the lowering of IR ops ``names``."""
+    def deco(fn):
+        for n in names:
+            RULES[n] = fn
+        return fn
+    return deco
+
+
+class Lowerer:
+    """A rule's view of the lowering: ``bb`` (Relax BlockBuilder), ``target`` (a ``Target``), ``config``
+    (``CodegenConfig``), shorthands for Relax/TE/TIR, and the operand getters of the driver (``get`` plain
+    NCHW, ``get_nhwc``, ``is_nhwc``)."""
+
+    def __init__(self, bb, target, config):
+        from tvm import relax, te
+        import tvm.tirx as tir
+
+        self.bb, self.relax, self.R, self.te, self.tir = bb, relax, relax.op, te, tir
+        self.target, self.config = target, config
+        self.funcs: list = []  # GlobalVars of the PrimFuncs emitted for the op being lowered
+        self.get = self.get_nhwc = self.is_nhwc = None  # set by the driver
+
+    def knob(self, name: str, op):
+        """Codegen knob ``name`` for ``op`` (its per-kernel setting, else the model's)."""
+        return self.config.knob(name, op.loc)
+
+    def const(self, array, dtype=None):
+        a = np.asarray(array)
+        if dtype is not None:
+            a = a.astype(dtype)
+        return self.relax.const(a, str(a.dtype))
+
+    def scalar(self, value, dtype: str):
+        return self.relax.const(np.asarray(value, dtype=dtype), dtype)
+
+    def emit(self, expr):
+        # an alias binding (``lv1 = lv``) would hide the producer from FuseOps: return Vars as they are
+        return expr if isinstance(expr, self.relax.Var) else self.bb.emit(expr)
+
+    def te_(self, fn, *args, name="lowbit_te"):
+        var = self.bb.emit_te(fn, *args, primfunc_name_hint=name)
+        call = self.bb.lookup_binding(var)
+        if call is not None:
+            self.funcs.append(call.args[0])
+        return var
+
+    def add_func(self, func, name: str):
+        """Add a hand-written PrimFunc; returns its GlobalVar."""
+        gv = self.bb.add_func(func.without_attr("global_symbol"), name)
+        self.funcs.append(gv)
+        return gv
+
+    def call_tir(self, func, name: str, args, out_shape, out_dtype: str):
+        """Call a hand-written PrimFunc on ``args`` with one result of ``out_shape`` / ``out_dtype``."""
+        relax = self.relax
+        gv = self.add_func(func, name)
+        return relax.call_tir(gv, relax.Tuple(list(args)), relax.TensorType(tuple(out_shape), out_dtype))
+
+
+def np_dtype(t) -> str:
+    """The numpy/TVM dtype name of a TensorType's elements."""
+    return t.dtype.np_dtype.name if t.dtype != dt.boolean else "bool"
+
+
+def bcast(T, idx, out_shape):
+    """Index tensor T (numpy-broadcast to out_shape) at output index idx."""
+    off = len(out_shape) - len(T.shape)
+    return T[tuple(0 if int(T.shape[k]) == 1 else idx[k + off] for k in range(len(T.shape)))]

@@ -1,0 +1,138 @@
+"""The compile driver: load → (calibration) → pass pipeline → code generation → artifact.
+
+The Python API (``lowbit.compile``), ``lowbit compile`` and ``lowbit export`` all go through here, so the
+sequence — and what is checked before any slow step — is written once. Code generation (``lowbit.codegen``)
+sees only the optimized graph; it knows no file formats and no passes.
+
+>>> art = compile("examples/tiny_cnn.onnx", target="cpu")    # doctest: +SKIP
+>>> art.save("tiny_cnn.lbit")                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+from .errors import LowbitError
+from .ir.graph import Graph
+from .progress import Progress
+
+# the passes a per-layer report leaves out to get the float graph it compares against
+QUANTIZING_PASSES = ("quantize", "lower-qdq")
+
+
+def _looks_like_ir(path: str) -> bool:
+    if path.endswith(".onnx"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    text = head.lstrip()
+    while text.startswith(b"//"):
+        text = text.split(b"\n", 1)[1].lstrip() if b"\n" in text else b""
+    return text.startswith(b"graph")
+
+
+def load_model(source, shapes: dict | None = None, example_inputs=None) -> Graph:
+    """A Graph from IR text (a file whose first word is ``graph``), an ONNX path / bytes / ModelProto, or a
+    torch module with ``example_inputs``; a Graph is returned as it is."""
+    if isinstance(source, Graph):
+        return source
+    if isinstance(source, (str, os.PathLike)) and os.path.isfile(source) and _looks_like_ir(str(source)):
+        from .ir import parse
+
+        with open(source, encoding="utf-8", errors="replace") as f:
+            return parse(f.read(), source=str(source))
+    from .frontend import load
+
+    return load(source, example_inputs, shapes=shapes)
+
+
+@dataclass
+class Prepared:
+    """A model after the pipeline: ``graph`` (optimized), ``source`` (as imported), the parsed ``passes``, and
+    the checked calibration samples (None without calibration data)."""
+
+    graph: Graph
+    source: Graph
+    passes: object
+    calibration: list | None
+
+
+def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=None) -> Prepared:
+    """Parse the pipeline (a bad one fails before any import), load the model, read and check calibration
+    data against its inputs, run the pipeline."""
+    from .passes import PassContext, parse_pipeline, run_pipeline
+
+    prog = progress if isinstance(progress, Progress) else Progress(progress)
+    passes = parse_pipeline(pipeline)
+    if isinstance(model, Graph):
+        source = model
+    else:
+        with prog.step("importing"):
+            source = load_model(model, shapes=shapes)
+    samples = None
+    if calibration is not None:  # read (and checked) once, for the quantize pass and any report
+        from .quant.calibrate import load_samples
+
+        samples = load_samples(calibration, source)
+    with prog.step(f"running passes ({str(passes) or 'none'})"):
+        graph = run_pipeline(source, passes, PassContext(calibration=samples))
+    return Prepared(graph, source, passes, samples)
+
+
+def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
+            report: bool = False, codegen=None, schedule_log: list | None = None):
+    """Import (if not a Graph), run ``pipeline``, generate code for ``target``; return an ``Artifact``.
+
+    ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
+    iterable of ``{input name: array}``. ``report`` records per-layer SQNR and cosine of every integer op
+    against the same pipeline without ``quantize``/``lower-qdq`` (on up to 4 calibration samples) in the
+    manifest's ``quant_report``. ``codegen`` sets code generation knobs (``CodegenConfig``, its text
+    ``"key=value,..."`` or a dict); they are recorded in the manifest. ``schedule_log``, a list, receives one
+    line per schedule rule that declined a kernel."""
+    from . import codegen as cg
+
+    prog = progress if isinstance(progress, Progress) else Progress(progress)
+    t_start = time.perf_counter()
+    tgt = cg.Target.parse(target)  # a bad target or knob fails before the import
+    config = cg.CodegenConfig.parse(codegen)
+    if report and calibration is None:
+        raise LowbitError("--report compares against float on calibration data: give --calib")
+    p = prepare(model, pipeline, shapes=shapes, calibration=calibration, progress=prog)
+    quant_report = None
+    if report:
+        from .passes import run_pipeline
+        from .quant.report import layer_report
+
+        with prog.step("measuring per-layer quantization error"):
+            reference = run_pipeline(p.source, [q for q in p.passes if q.name not in QUANTIZING_PASSES])
+            quant_report = layer_report(reference, p.graph, p.calibration)
+    art = cg.build(p.graph, tgt, config, progress=prog, schedule_log=schedule_log)
+    art.manifest["pipeline"] = str(p.passes)
+    if quant_report is not None:
+        art.manifest["quant_report"] = quant_report
+    art.manifest["compile_seconds"] = round(time.perf_counter() - t_start, 3)
+    return art
+
+
+def export(model, path, fmt: str = "onnx-qdq", pipeline="int8", *, shapes=None, calibration=None,
+           progress=None) -> None:
+    """Run ``pipeline`` over ``model`` and write the result to ``path`` in ``fmt`` (``onnx-qdq``: an opset-20
+    QDQ model onnxruntime loads), atomically: nothing is half-written."""
+    from .runtime.artifact import write_atomically
+
+    if fmt != "onnx-qdq":
+        raise LowbitError(f"unknown export format '{fmt}' (known: onnx-qdq)")
+    if isinstance(model, (str, os.PathLike)) and str(model).endswith(".lbit"):
+        raise LowbitError(f"{model}: an artifact holds compiled code, not the graph; export from the model "
+                          "itself with the same --preset/--pipeline and --calib")
+    from .export import to_onnx_qdq
+
+    p = prepare(model, pipeline, shapes=shapes, calibration=calibration, progress=progress)
+    write_atomically(path, to_onnx_qdq(p.graph).SerializeToString())
+
+
+__all__ = ["load_model", "prepare", "Prepared", "compile", "export"]
