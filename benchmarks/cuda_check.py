@@ -21,7 +21,7 @@ MODELS = ("resnet18", "encoder")
 def prepare(d: pathlib.Path) -> None:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
     import onnxruntime as ort
-    import zoo
+    import model_zoo as zoo
 
     import lowbit
 

@@ -10,7 +10,7 @@ process with the same thread count, in alternating rounds (medians after warm-up
 output to fp32 on held-out inputs. For transformers lowbit's ``int8-dynamic`` runs too; the ratios use lowbit's
 faster form of those whose cosine to fp32 is at least 0.99.
 
-Models: the test zoo's (tests/zoo.py: resnet18, mobilenet_v2, encoder; random weights) and ``minilm``
+Models: the test zoo's (tests/model_zoo.py: resnet18, mobilenet_v2, encoder; random weights) and ``minilm``
 (all-MiniLM-L6-v2 with its real weights, sequence 128, benchmarks/zoo/real.py), for which the cosine is of
 mean-pooled sentence embeddings to PyTorch fp32 over 24 real sentences. Calibration: ``--calib`` samples —
 random normal images, random token ids, or real sentences for minilm.
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
 
     import lowbit
     import lowbit.runtime as rt
-    import zoo
+    import model_zoo as zoo
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="lowbit-int8-"))
     rows = []

@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import zoo  # noqa: E402
+import model_zoo as zoo  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -149,7 +149,7 @@ def test_storage_range_prints_and_parses():
 
 def test_quantized_weights_carry_the_narrow_range():
     from lowbit.passes import PassContext, run_pipeline
-    from zoo import small_cnn
+    from model_zoo import small_cnn
 
     model, inputs = small_cnn(16)
     g = run_pipeline(lowbit.load(model), "int8", PassContext(calibration=[inputs]))

@@ -12,7 +12,7 @@ import lowbit
 import lowbit.runtime
 from conftest import run_cli
 from helpers import max_rel_err, run_ort
-import zoo
+import model_zoo as zoo
 
 
 @pytest.fixture(scope="module")

@@ -202,7 +202,7 @@ def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, amx, per_row):
 
 
 def test_dynamic_quantization_of_the_encoder_tracks_fp32_and_onnxruntime(zoo_dir, tmp_path):
-    import zoo
+    import model_zoo as zoo
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     g = lowbit.load(zoo_dir / "encoder.onnx", shapes=zoo.SHAPES["encoder"])
@@ -273,7 +273,7 @@ def test_quantized_zoo_cnn_compiles_to_the_interpreters_output(name, size):
     """A whole int8 CNN (stem on a narrow input, 3x3 and 1x1 convs, depthwise at strides 1 and 2, residual adds,
     pooling, the classifier), at a size that leaves partial tiles and 7- and 2-pixel rows: the compiled
     model's output equals the interpreter's on the same quantized graph."""
-    import zoo
+    import model_zoo as zoo
 
     model, inputs = zoo.ZOO[name](size=size)
     rng = np.random.default_rng(2)

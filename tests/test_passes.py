@@ -9,7 +9,7 @@ from lowbit.errors import LowbitError
 from lowbit.passes import (PRESETS, Pass, PassContext, Pat, Any, Rule, apply_rules, parse_pipeline, register_pass,
                            registered_passes, resolve_pipeline)
 from helpers import max_rel_err
-import zoo
+import model_zoo as zoo
 
 
 def test_every_registered_pass_round_trips_with_and_without_options():

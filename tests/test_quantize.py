@@ -113,7 +113,7 @@ def test_int8_cnn_on_real_data_matches_or_beats_onnxruntime(tmp_path):
 
     from sklearn.datasets import load_digits
 
-    # benchmarks/zoo (a package) under another name: tests/zoo.py owns "zoo" here
+    # benchmarks/zoo (a package), loaded under its own name
     spec = importlib.util.spec_from_file_location("bench_zoo", ROOT / "benchmarks" / "zoo" / "__init__.py",
                                                   submodule_search_locations=[str(ROOT / "benchmarks" / "zoo")])
     pkg = importlib.util.module_from_spec(spec)
@@ -169,7 +169,7 @@ def test_cli_refuses_bad_calibration(tmp_path, zoo_dir):
 def test_report_per_layer_error_in_manifest_and_inspect(tmp_path):
     import json
 
-    import zoo
+    import model_zoo as zoo
 
     model, _ = zoo.small_cnn()
     src = tmp_path / "small.onnx"
@@ -193,7 +193,7 @@ def test_export_onnx_qdq_runs_in_onnxruntime_as_lowbit_computes_it(zoo_dir, tmp_
     and computes what lowbit's interpreter computes for the quantized graph."""
     import onnxruntime as ort
 
-    import zoo
+    import model_zoo as zoo
 
     name = "mobilenet_v3_like"  # convs, depthwise, hard-swish, squeeze-excitation, a quantized classifier
     x = dict(np.load(zoo_dir / f"{name}.npz"))

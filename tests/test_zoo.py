@@ -8,7 +8,7 @@ import pytest
 import lowbit
 from lowbit import cli
 from helpers import max_rel_err, run_ort
-import zoo
+import model_zoo as zoo
 
 MODELS = list(zoo.ZOO)
 
