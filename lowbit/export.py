@@ -9,11 +9,13 @@ into integer kernels:
     qmatmul(xq, wq, b)          -> the same around MatMul + Add
     qmatmul_dynamic (per tensor) -> DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(sx * sw) [-> Add(b)]
     quantize / dequantize       -> QuantizeLinear / DequantizeLinear (per tensor or per axis)
+    requantize                  -> DequantizeLinear -> QuantizeLinear
 
-Float ops map to their ONNX namesakes (opset 20). Like the importers, export is a table: ``EXPORTERS`` maps an
-op to the function that writes it (filled by ``@exporter``), ``REFUSED`` maps an op the exporter does not write
-to the reason, which the error names; every registered op is in exactly one of the two
-(``tests/test_registry.py``). An exporter may still refuse a form of its op with no exact ONNX equivalent —
+Float ops map to their ONNX namesakes (opset 20; dropout to inference-mode Dropout). Like the importers, export
+is a table: ``EXPORTERS`` maps an op to the function that writes it (filled by ``@exporter``), ``REFUSED`` maps an
+op with no exact ONNX form to the reason, which the error names; every registered op is in exactly one of the
+two (``tests/test_registry.py``, which also runs every exporter in onnxruntime; the integer kernels are run in
+``tests/test_quantize.py``). An exporter may still refuse a form of its op with no exact ONNX equivalent —
 ``qmatmul_dynamic`` with ``per_row`` (ONNX's DynamicQuantizeLinear has one scale per tensor); nothing is
 approximated.
 """
@@ -45,10 +47,7 @@ _SAME = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div", "relu": "Relu",
 # An exporter writes ``op`` given its operands' ONNX names ``ins`` and its first result's name ``out``.
 Exporter = Callable[["_Writer", Op, list, str], None]
 EXPORTERS: dict[str, Exporter] = {}
-_NOT_YET = "the exporter does not write it yet"
-REFUSED: dict[str, str] = {n: _NOT_YET for n in (
-    "arg_max", "batch_norm", "dropout", "elu", "gather_elements", "leaky_relu", "log_softmax", "pad", "reduce_max",
-    "reduce_min", "reduce_prod", "reduce_sum", "requantize", "split", "tile")}
+REFUSED: dict[str, str] = {}  # every registered op has an exact ONNX form today
 
 
 def exporter(*names):
@@ -147,6 +146,11 @@ def _dequantize(w, op, ins, out):
     w.dequantize(op.operands[0], ins[0], out)
 
 
+@exporter("requantize")
+def _requantize(w, op, ins, out):
+    w.quantize(w.dequantize(op.operands[0], ins[0]), op.result.type, out)
+
+
 @exporter("qconv2d", "qmatmul")
 def _integer(w, op, ins, out):
     a = op.attrs
@@ -239,9 +243,34 @@ def _slice(w, op, ins, out):
     w.node("Slice", [ins[0]] + bounds, [out])
 
 
-@exporter("gather", "concat", "softmax")
+@exporter("gather", "concat", "softmax", "log_softmax", "gather_elements")
 def _with_axis(w, op, ins, out):
-    w.node(op.opname.capitalize(), ins, [out], axis=op.attrs["axis"])
+    onnx_name = {"log_softmax": "LogSoftmax", "gather_elements": "GatherElements"}.get(op.opname)
+    w.node(onnx_name or op.opname.capitalize(), ins, [out], axis=op.attrs["axis"])
+
+
+@exporter("split")
+def _split(w, op, ins, out):
+    w.node("Split", [ins[0], _ints(w, op.attrs["sizes"], "split")], [w.name(r) for r in op.results],
+           axis=op.attrs["axis"])
+
+
+@exporter("tile")
+def _tile(w, op, ins, out):
+    w.node("Tile", [ins[0], _ints(w, op.attrs["repeats"], "repeats")], [out])
+
+
+@exporter("pad")
+def _pad(w, op, ins, out):
+    a = op.attrs
+    value = [w.init(np.asarray(a["value"]).astype(op.result.type.dtype.np_dtype), "value")] \
+        if a["mode"] == "constant" else []
+    w.node("Pad", [ins[0], _ints(w, a["pads"], "pads")] + value, [out], mode=a["mode"])
+
+
+@exporter("dropout")
+def _dropout(w, op, ins, out):  # inference mode (no training_mode input): the identity
+    w.node("Dropout", [ins[0], w.init(np.float32(op.attrs["ratio"]), "ratio")], [out])
 
 
 @exporter("layer_norm")
@@ -264,11 +293,28 @@ def _hard_sigmoid(w, op, ins, out):
     w.node("HardSigmoid", ins, [out], alpha=op.attrs["alpha"], beta=op.attrs["beta"])
 
 
-@exporter("reduce_mean")
-def _reduce_mean(w, op, ins, out):
+@exporter("leaky_relu", "elu")
+def _alpha_unary(w, op, ins, out):
+    w.node({"leaky_relu": "LeakyRelu", "elu": "Elu"}[op.opname], ins, [out], alpha=op.attrs["alpha"])
+
+
+@exporter("reduce_mean", "reduce_sum", "reduce_max", "reduce_min", "reduce_prod")
+def _reduce(w, op, ins, out):  # no axes input: over every axis
     a = op.attrs
     args = ins + ([_ints(w, a["axes"], "axes")] if a["axes"] else [])
-    w.node("ReduceMean", args, [out], keepdims=int(a["keepdims"]))
+    w.node("Reduce" + op.opname[len("reduce_"):].capitalize(), args, [out], keepdims=int(a["keepdims"]))
+
+
+@exporter("arg_max")
+def _arg_max(w, op, ins, out):
+    a = op.attrs
+    w.node("ArgMax", ins, [out], axis=a["axis"], keepdims=int(a["keepdims"]),
+           select_last_index=int(a["select_last_index"]))
+
+
+@exporter("batch_norm")
+def _batch_norm(w, op, ins, out):  # inference form: x, scale, bias, mean, var
+    w.node("BatchNormalization", ins, [out], epsilon=op.attrs["epsilon"])
 
 
 @exporter("clip")
