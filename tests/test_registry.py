@@ -45,9 +45,12 @@ def test_every_op_has_a_reference():
 
 def _check_table(table: dict, refused: dict, what: str):
     ops = set(all_ops())
-    assert not ops - set(table) - set(refused), f"ops with neither {what} nor a named refusal"
-    assert not set(table) & set(refused), f"ops with both {what} and a refusal"
-    assert not (set(table) | set(refused)) - ops, f"{what} or refusals for unregistered ops"
+    missing = sorted(ops - set(table) - set(refused))
+    assert not missing, f"ops with neither {what} nor a named refusal: {missing}"
+    both = sorted(set(table) & set(refused))
+    assert not both, f"ops with both {what} and a refusal: {both}"
+    stale = sorted((set(table) | set(refused)) - ops)
+    assert not stale, f"{what} or refusals for unregistered ops: {stale}"
     bad = {op: why for op, why in refused.items() if not isinstance(why, str) or not why.strip()}
     assert not bad, f"refusals without a reason: {bad}"
 
