@@ -11,6 +11,10 @@ from ..quant import scheme
 from .lowering import bcast, np_dtype, rule
 
 
+# the block annotation that tells schedule rules which block of a kernel is which (``schedules.DotProduct4``)
+ROLE = "lowbit.role"
+
+
 # -- quantization -------------------------------------------------------------------------------------------------
 def qconsts(L, q, rank):
     """Scale (f32) and zero point (i32) constants shaped to broadcast against a tensor of ``rank``."""
@@ -153,9 +157,9 @@ def qconv2d_dot4(L, op, x, weight: np.ndarray, corr: np.ndarray):
                           te.reduce_axis((0, 4), "rk"))
         acc = te.compute((n, o // 16, oh, ow, 16), lambda i, f, y, z, q: te.sum(
             P[i, rc, y * sh + ry * dh, z * sw + rx * dw, rk].astype("int32") * W[f, rc, ry, rx, q, rk].astype("int32"),
-            axis=[rc, ry, rx, rk]), name="qconv2d_dot4")
+            axis=[rc, ry, rx, rk]), name="qconv2d_dot4", attrs={ROLE: "dot4"})
         return te.compute((n, o, oh, ow), lambda i, f, y, z: requant_body(
-            L, op, acc[i, f // 16, y, z, f % 16] + Cr[f], M[f]), name="requantize")
+            L, op, acc[i, f // 16, y, z, f % 16] + Cr[f], M[f]), name="requantize", attrs={ROLE: "epilogue"})
     return L.te_(fn, x, L.const(wp), L.const(corr.astype(np.int32)), L.const(multipliers(op, o)),
                  name="lowbit_qconv2d_dot4")
 

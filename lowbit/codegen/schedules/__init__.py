@@ -557,7 +557,7 @@ class DotProduct4(LowbitRule):
         if opened is None:
             return None
         sch, infos = opened
-        main = [i for i in infos if sch.get(i.block_rv).name_hint == "qconv2d_dot4"]
+        main = [i for i in infos if _role(sch, i.block_rv) == "dot4"]
         if len(main) != 1:
             return None
         block = main[0].block_rv
@@ -585,8 +585,7 @@ class DotProduct4(LowbitRule):
                 if info is main[0]:
                     continue
                 b = info.block_rv
-                name = sch.get(b).name_hint
-                if name == "requantize":
+                if _role(sch, b) == "epilogue":
                     sch.reverse_compute_at(b, outer, preserve_unit_loops=True)
                 else:
                     _schedule_spatial(sch, b, info.dom_kind(), _vector_bytes(self.lb_target),
@@ -599,6 +598,12 @@ class DotProduct4(LowbitRule):
             self.declined("a dot4 conv not tensorized with vpdpbusd", e)
             return None
         return sch
+
+
+def _role(sch, block) -> str | None:
+    """A block's ``lowbit.role`` annotation (set where the kernel is written, e.g. ``ops_int.qconv2d_dot4``)."""
+    role = sch.get(block).annotations.get("lowbit.role")
+    return str(role) if role is not None else None
 
 
 def default_rules(target, config, log: list | None = None):
