@@ -73,17 +73,10 @@ def ensure_dependencies(models: list[str], install: bool) -> None:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from lowbit.runtime.host import host_cores, host_mcpu
+    from lowbit.runtime.host import cpu_model_name, host_cores, host_mcpu
 
-    return {"cpu": cpu, "cores": host_cores(), "llvm_mcpu": host_mcpu(), "python": platform.python_version()}
+    return {"cpu": cpu_model_name(), "cores": host_cores(), "llvm_mcpu": host_mcpu(),
+            "python": platform.python_version()}
 
 
 def _median_ms(fn, runs: int, warmup: int, sync=None) -> float:

@@ -194,9 +194,12 @@ def _compile_run(tmp_path, tag, *extra):
 def test_codegen_knobs_change_the_code_keep_the_outputs_and_are_recorded(tmp_path):
     _int8_conv_model(tmp_path)
     m0, y0, lib0 = _compile_run(tmp_path, "default")
-    m1, y1, lib1 = _compile_run(tmp_path, "knobs", "--codegen", "conv1:vnni_rows=4,conv1:tile=4,accumulators=8")
+    # one knob per kernel family conv1 may get here (AMX, VNNI in NHWC, the dot4 and generic contractions)
+    knobs = {"amx_tasks": 4, "vnni_pixels": 4, "vnni_rows": 4, "tile": 4}
+    m1, y1, lib1 = _compile_run(tmp_path, "knobs", "--codegen",
+                                ",".join(f"conv1:{k}={v}" for k, v in knobs.items()) + ",accumulators=8")
     assert m0["codegen"]["vnni_rows"] == 8 and m0["codegen"]["kernels"] == {}
-    assert m1["codegen"]["accumulators"] == 8 and m1["codegen"]["kernels"] == {"conv1": {"tile": 4, "vnni_rows": 4}}
+    assert m1["codegen"]["accumulators"] == 8 and m1["codegen"]["kernels"] == {"conv1": knobs}
     assert lib0 != lib1, "the knobs did not change the generated code"
     np.testing.assert_array_equal(y0, y1)
     kernels = {k["name"]: k for k in m0["kernels"] if k["op"] == "qconv2d"}
@@ -221,7 +224,7 @@ def test_forcing_a_feature_off_changes_the_kernel_family_and_keeps_outputs(tmp_p
     m1, y1, _ = _compile_run(tmp_path, "off", "--target", json.dumps({**host.to_json(), "mattr": off}))
     k0 = {k["name"]: k for k in m0["kernels"] if k["op"] == "qconv2d"}["conv1"]
     k1 = {k["name"]: k for k in m1["kernels"] if k["op"] == "qconv2d"}["conv1"]
-    assert k0["kernel"] == ("amx-conv" if host.has("amx_int8") else "vnni-dot4")
+    assert k0["kernel"] == ("amx-conv" if host.has("amx_int8") else "vnni-nhwc")
     assert k1["kernel"] != k0["kernel"] and k0["kernel"] in k1["passed_over"], (k0, k1)
     assert m1["target"]["mattr"] == off
     np.testing.assert_array_equal(y0, y1)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from ..errors import LowbitError
 
 # knobs that take effect per kernel (read where one op is lowered or one kernel scheduled)
-PER_KERNEL = ("tile", "accumulators", "vnni_rows", "amx_tasks", "depthwise_plane_elements", "panel_columns",
-              "min_parallel")
+PER_KERNEL = ("tile", "accumulators", "vnni_rows", "vnni_pixels", "vnni_tasks", "amx_tasks",
+              "depthwise_plane_elements", "panel_columns", "min_parallel")
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,11 @@ class CodegenConfig:
     # Contraction rule: register tile rows over the unrolled spatial axis, and accumulator registers in all
     tile: int = 8
     accumulators: int = 16
-    # VNNI conv (vpdpbusd): output columns per register tile of 16-channel accumulators
+    # NCHW dot4 conv (vpdpbusd via tensorize): output columns per register tile of 16-channel accumulators
     vnni_rows: int = 8
+    # NHWC VNNI conv (vnni.py): output pixels per register tile (beside up to 4 channel vectors), parallel tasks
+    vnni_pixels: int = 6
+    vnni_tasks: int = 16
     # AMX kernels: parallel tasks a layer is split into (channel blocks x row groups)
     amx_tasks: int = 16
     # integer depthwise (NCHW): planes up to this many padded elements run as one vector run per tap

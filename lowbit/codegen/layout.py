@@ -17,12 +17,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import dtypes as dt
-from .lowering import RULES
+from ..ir.registry import has_trait, schema
+from .lowering import LAYOUT_AGNOSTIC, RULES
 
-# ops whose lowering rule is shape-agnostic and elementwise in one operand: they run on the blocked form as is
-UNARY = {"relu", "clip", "sigmoid", "tanh", "hard_sigmoid", "hard_swish", "leaky_relu", "elu", "gelu", "softplus",
-         "identity", "dropout", "exp", "neg", "abs", "sqrt", "erf"}
-BINARY = {"add": "add", "sub": "subtract", "mul": "multiply", "div": "divide", "max": "maximum", "min": "minimum"}
+
+
+def _blockable(opname: str, arity: int) -> bool:
+    """Whether ``opname`` runs on the blocked form as it is: an elementwise op (the registry's trait) of
+    ``arity`` operands whose lowering rule is layout-agnostic (``lowering.LAYOUT_AGNOSTIC``)."""
+    return opname in LAYOUT_AGNOSTIC and has_trait(opname, "elementwise") and schema(opname).operands == (arity, arity)
 
 
 DEFAULT_BLOCKS = (32, 16, 8)
@@ -86,9 +89,9 @@ def plan(graph, blocks=DEFAULT_BLOCKS) -> dict[int, int]:
         ins = op.operands
         if conv_kind(op, blocks):
             blocked[id(r)] = cb
-        elif op.opname in UNARY and id(ins[0]) in blocked:
+        elif _blockable(op.opname, 1) and id(ins[0]) in blocked:
             blocked[id(r)] = cb
-        elif op.opname in BINARY and len(ins) == 2:
+        elif _blockable(op.opname, 2):
             a, b = ins
             ok = []
             for x, y in ((a, b), (b, a)):
@@ -272,9 +275,9 @@ def lower_blocked(L, op, cb: int, plan: dict, get_blocked):
         if len(ins) > 2:
             y = L.R.add(L.emit(y), L.const(block_const(ins[2].const_value.astype(np.float32), cb)))
         return y
-    if name in UNARY:
+    if _blockable(name, 1):
         return RULES[name](L, op, get_blocked(ins[0], cb))
-    if name in BINARY:
+    if _blockable(name, 2):
         args = []
         for v in ins:
             if id(v) in plan and tuple(v.type.shape) == tuple(op.result.type.shape):
@@ -285,7 +288,7 @@ def lower_blocked(L, op, cb: int, plan: dict, get_blocked):
                 args.append(L.const(block_const(v.const_value, cb)))
             else:  # [1, C, 1, 1] or [C, 1, 1]: the same elements in blocked order
                 args.append(L.R.reshape(get(v), [1, v.type.shape[-3] // cb, 1, 1, cb]))
-        return getattr(L.R, BINARY[name])(*args)
+        return RULES[name](L, op, *args)
     if name == "max_pool2d":
         return max_pool2d(L, op, get_blocked(ins[0], cb), cb)
     if name in ("global_avg_pool", "reduce_mean"):

@@ -60,13 +60,15 @@ def check_lowerable(graph: Graph) -> None:
 
 
 def _annotate(bb, gvs, kernel: str) -> None:
-    """Mark every block of the PrimFuncs ``gvs`` with ``lowbit.kernel`` (the op's name), so schedule rules can
+    """Mark every block of the TE PrimFuncs ``gvs`` with ``lowbit.kernel`` (the op's name), so schedule rules can
     read that kernel's own knobs after Relax has fused functions."""
     from tvm import s_tir
 
     mod = bb.get()
     for gv in gvs:
         func = mod[gv]
+        if func.attrs is not None and "tirx.is_scheduled" in func.attrs:
+            continue  # a hand-written kernel: its knobs were read when it was written
         sch = s_tir.Schedule(func)
         for blk in _blocks(sch):
             sch.annotate(blk, "lowbit.kernel", kernel)

@@ -14,16 +14,22 @@ import numpy as np
 from ..ir import dtypes as dt
 
 RULES: dict[str, Callable] = {}
+# ops whose rule builds a float result from Relax ops that take any shape (no TE with the op's own shape), so an
+# elementwise one computes the same on a value in another layout (the channel-blocked form, ``layout.py``)
+LAYOUT_AGNOSTIC: set[str] = set()
 # ops the code generator refuses, by name, with the reason (``lowering_table``)
 REFUSED: dict[str, str] = {}
 SUPPORTED_DTYPES = {dt.f32, dt.f16, dt.bf16, dt.f64, dt.i64, dt.i32, dt.i16, dt.i8, dt.u8, dt.boolean}
 
 
-def rule(*names):
-    """Register ``fn(L, op, *operands)`` as the lowering of IR ops ``names``."""
+def rule(*names, layout_agnostic: bool = False):
+    """Register ``fn(L, op, *operands)`` as the lowering of IR ops ``names``; ``layout_agnostic`` says it never
+    uses the op's shape (see ``LAYOUT_AGNOSTIC``)."""
     def deco(fn):
         for n in names:
             RULES[n] = fn
+            if layout_agnostic:
+                LAYOUT_AGNOSTIC.add(n)
         return fn
     return deco
 

@@ -17,17 +17,17 @@ _UN = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt":
        "sign": "sign", "not": "logical_not"}
 
 
-@rule(*_BIN)
+@rule(*_BIN, layout_agnostic=True)
 def _binary(L: Lowerer, op: Op, a, b):
     return getattr(L.R, _BIN[op.opname])(a, b)
 
 
-@rule(*_UN)
+@rule(*_UN, layout_agnostic=True)
 def _unary(L: Lowerer, op: Op, x):
     return getattr(L.R, _UN[op.opname])(x)
 
 
-@rule("div")
+@rule("div", layout_agnostic=True)  # (for float results, the only ones another layout holds)
 def _div(L: Lowerer, op: Op, a, b):
     if op.result.type.dtype.is_float:
         return L.R.divide(a, b)
@@ -70,12 +70,12 @@ def _pow(L, op, a, b):
     return L.te_(fn, a, b, name="lowbit_pow")
 
 
-@rule("identity", "dropout")
+@rule("identity", "dropout", layout_agnostic=True)
 def _identity(L, op, x):
     return x
 
 
-@rule("relu")
+@rule("relu", layout_agnostic=True)
 def _relu(L, op, x):
     return L.R.nn.relu(x)
 
@@ -91,12 +91,12 @@ def _round(L, op, x):
     return L.te_(lambda X: L.te.compute(shape, lambda *i: L.tir.nearbyint(X[i])), x, name="lowbit_round")
 
 
-@rule("softplus")
+@rule("softplus", layout_agnostic=True)
 def _softplus(L, op, x):
     return L.R.nn.softplus(x)
 
 
-@rule("gelu")
+@rule("gelu", layout_agnostic=True)
 def _gelu(L, op, x):
     if op.attrs["approximate"] == "none" and op.result.type.dtype == dt.f32:
         # x/2 * (1 + erf(x/sqrt 2)) with TOPI's vectorizable erf (max error 3.3e-7, measured); LLVM's erf is a
@@ -109,27 +109,27 @@ def _gelu(L, op, x):
     return L.R.nn.gelu(x) if op.attrs["approximate"] == "none" else L.R.nn.gelu_tanh(x)
 
 
-@rule("hard_sigmoid")
+@rule("hard_sigmoid", layout_agnostic=True)
 def _hard_sigmoid(L, op, x):
     d = np_dtype(op.result.type)
     y = L.R.add(L.R.multiply(x, L.scalar(op.attrs["alpha"], d)), L.scalar(op.attrs["beta"], d))
     return L.R.minimum(L.R.maximum(y, L.scalar(0, d)), L.scalar(1, d))
 
 
-@rule("hard_swish")
+@rule("hard_swish", layout_agnostic=True)
 def _hard_swish(L, op, x):
     d = np_dtype(op.result.type)
     y = L.R.add(L.R.multiply(x, L.scalar(1 / 6, d)), L.scalar(0.5, d))
     return L.R.multiply(x, L.R.minimum(L.R.maximum(y, L.scalar(0, d)), L.scalar(1, d)))
 
 
-@rule("leaky_relu")
+@rule("leaky_relu", layout_agnostic=True)
 def _leaky_relu(L, op, x):
     d = np_dtype(op.result.type)
     return L.R.where(L.R.less(x, L.scalar(0, d)), L.R.multiply(x, L.scalar(op.attrs["alpha"], d)), x)
 
 
-@rule("elu")
+@rule("elu", layout_agnostic=True)
 def _elu(L, op, x):
     d = np_dtype(op.result.type)
     neg = L.R.multiply(L.scalar(op.attrs["alpha"], d), L.R.subtract(L.R.exp(x), L.scalar(1, d)))
@@ -142,7 +142,7 @@ def _prelu(L, op, x, s):
     return L.R.where(L.R.less(x, L.scalar(0, d)), L.R.multiply(x, s), x)
 
 
-@rule("clip")
+@rule("clip", layout_agnostic=True)
 def _clip(L, op, x):
     t = op.result.type
     d = np_dtype(t)

@@ -105,7 +105,8 @@ class X86Target(Target):
             mattr = [m for m in mattr.split(",") if m]
         if not isinstance(mattr, (list, tuple)) or not all(isinstance(m, str) for m in mattr):
             raise LowbitError(f"target 'mattr' must be a list of LLVM features like \"-amx-int8\", got {mattr!r}")
-        cores = obj.pop("num-cores", None) or host.host_cores()
+        cores = obj.pop("num-cores", None)
+        cores = host.host_cores() if cores is None else cores
         if not isinstance(cores, int) or cores < 1:
             raise LowbitError(f"target 'num-cores' must be a positive integer, got {cores!r}")
         features = frozenset(host.required_features({"mcpu": mcpu, "mattr": list(mattr)}))

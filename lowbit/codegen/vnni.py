@@ -1,0 +1,117 @@
+"""Integer convolutions on AVX-512 VNNI registers, in NHWC: hand-written TIR around ``vpdpbusd``.
+
+``vpdpbusd`` adds, to each of 16 i32 lanes, the dot product of 4 u8 with 4 i8. The kernel keeps a register
+tile of ``rows`` output pixels x ``vecs`` 16-channel vectors of i32 accumulators; each step loads the ``vecs``
+weight vectors of one tap's 4 input channels (64 bytes: 16 output channels x 4) once and, for every pixel of
+the tile, broadcasts that pixel's 4 input bytes (one 32-bit word) and issues ``vecs`` vpdpbusd. The input is
+the zero-point-padded NHWC map (channels padded to a multiple of 4: those weigh 0), so the sum over taps and
+channels is an implicit convolution with no bounds checks; a 1x1 stride-1 conv of NHWC pixels whose channel
+count is a multiple of 4 reads the pixels in place. The epilogue requantizes each accumulator vector
+(``lrint(f32(acc + corr) * m) + zy``, clamped) straight into the output pixel's channels: the result is NHWC.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+MAX_ACCUMULATORS = 24  # of 32 zmm registers: the rest hold the weight vectors and the broadcast word
+
+
+def register_tile(o16: int, ow: int, rows: int) -> tuple[int, int]:
+    """(pixels, vectors) of the accumulator tile: up to 4 channel vectors, as many pixels as fit beside them
+    (at most ``rows`` and the output width)."""
+    vecs = max(v for v in (4, 3, 2, 1) if (o16 // 16) % v == 0)
+    px = max(1, min(rows, ow, MAX_ACCUMULATORS // vecs))
+    return px, vecs
+
+
+def pack_weights(weight: np.ndarray, cp: int) -> np.ndarray:
+    """[O, C, KH, KW] -> [O16 / 16, KH, KW, cp / 4, 16, 4] i8 (O16: O padded to 16; channels past C weigh 0): for
+    each 16-channel slice and tap, cp / 4 vectors of (16 output channels x 4 consecutive input channels)."""
+    o, c, kh, kw = weight.shape
+    o16 = (o + 15) // 16 * 16
+    w = np.zeros((o16, kh, kw, cp), np.int8)
+    w[:o, ..., :c] = weight.transpose(0, 2, 3, 1)
+    w = w.reshape(o16 // 16, 16, kh, kw, cp // 4, 4)
+    return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1, 5))
+
+
+def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: int, ow: int, strides, dilations,
+              zy: int, lo: int, hi: int, out_dtype: str, rows: int = 6, tasks: int = 16):
+    """A PrimFunc (X [n, hp, wp, cp] u8, W packed i8, corr [o16] i32, mult [o16] f32) -> Y [n, oh, ow, o]:
+    Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum of
+    x * w over the taps of the padded input (whose padding holds the input's zero point: corr carries
+    -zx * sum(w) and the bias)."""
+    from tvm.script import tirx as T
+
+    from .intrinsics import lrint
+
+    sh, sw = strides
+    dh, dw = dilations
+    o16 = (o + 15) // 16 * 16
+    px, vecs = register_tile(o16, ow, rows)
+    kc = cp // 4  # 4-channel steps per tap
+    nvb = o16 // 16 // vecs  # channel blocks of ``vecs`` vectors
+    tiles = -(-ow // px)  # pixel tiles per output row (a last one ends at the row's end, recomputing some)
+    nrows = n * oh
+    groups = max(1, min(nrows, -(-tasks // nvb)))
+    size = -(-nrows // groups)  # output rows per task
+    groups = -(-nrows // size)
+    wstride = kh * kw * kc * 64  # bytes per 16-output-channel weight slice
+    f32 = "float32"
+
+    def img(task, i):
+        return (task // nvb * size + i) // oh
+
+    def yrow(task, i):
+        return (task // nvb * size + i) % oh
+
+    def x0(t):
+        return T.min(t * px, ow - px)
+
+    def ch(task, v):  # first output channel of the task's v-th vector
+        return (task % nvb * vecs + v) * 16
+
+    def word(X, task, i, t, p, r, s, k):  # the 4 input bytes (one i32) of tile pixel p at tap (r, s), step k
+        off = (((img(task, i) * hp + yrow(task, i) * sh + r * dh) * wp + (x0(t) + p) * sw + s * dw) * cp + k * 4)
+        return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", X.vload([off], "uint8x4")), 16))
+
+    def wvec(W, task, v, r, s, k):
+        return W.vload([(task % nvb * vecs + v) * wstride + ((r * kw + s) * kc + k) * 64], "int8x64")
+
+    def requant(CORR, MULT, a, c):
+        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, a + CORR[c]) * MULT[c]) + zy, hi), lo))
+
+    @T.prim_func
+    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o16 // 16, kh, kw, kc, 16, 4), "int8"),
+             CORR: T.Buffer((o16,), "int32"), MULT: T.Buffer((o16,), f32), Y: T.Buffer((n, oh, ow, o), out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
+        W = T.decl_buffer((o16 // 16 * wstride,), "int8", data=WP.data)
+        for task in T.parallel(groups * nvb):  # (row group, channel block) pairs
+            acc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
+            for i in range(size):
+                if task // nvb * size + i < nrows:
+                    for t in range(tiles):
+                        for q in T.unroll(px * vecs):
+                            acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                        for r, s, k in T.grid(kh, kw, kc):
+                            for p in T.unroll(px):
+                                for v in T.unroll(vecs):
+                                    acc[T.ramp((p * vecs + v) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                        "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                        acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, task, i, t, p, r, s, k),
+                                        wvec(W, task, v, r, s, k))
+                        for p in T.unroll(px):
+                            for v in T.unroll(vecs):
+                                if ch(task, v) + 16 <= o:
+                                    for j in T.vectorized(16):
+                                        Y[img(task, i), yrow(task, i), x0(t) + p, ch(task, v) + j] = requant(
+                                            CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
+                                elif ch(task, v) < o:
+                                    for j in range(o % 16):
+                                        Y[img(task, i), yrow(task, i), x0(t) + p, ch(task, v) + j] = requant(
+                                            CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
+    return func
+
+
+__all__ = ["conv_func", "pack_weights", "register_tile"]
