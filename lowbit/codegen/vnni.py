@@ -1,7 +1,7 @@
 """Integer convolutions on AVX-512 VNNI registers, in NHWC: hand-written TIR around ``vpdpbusd``.
 
 ``vpdpbusd`` adds, to each of 16 i32 lanes, the dot product of 4 u8 with 4 i8. The kernel keeps a register
-tile of ``rows`` output pixels x ``vecs`` 16-channel vectors of i32 accumulators; each step loads the ``vecs``
+tile of ``rows`` output pixels (consecutive across rows and images) x ``vecs`` 16-channel vectors of i32 accumulators; each step loads the ``vecs``
 weight vectors of one tap's 4 input channels (64 bytes: 16 output channels x 4) once and, for every pixel of
 the tile, broadcasts that pixel's 4 input bytes (one 32-bit word) and issues ``vecs`` vpdpbusd. The input is
 the zero-point-padded NHWC map (channels padded to a multiple of 4: those weigh 0), so the sum over taps and
@@ -16,11 +16,11 @@ import numpy as np
 MAX_ACCUMULATORS = 24  # of 32 zmm registers: the rest hold the weight vectors and the broadcast word
 
 
-def register_tile(o16: int, ow: int, rows: int) -> tuple[int, int]:
+def register_tile(o16: int, pixels: int, rows: int) -> tuple[int, int]:
     """(pixels, vectors) of the accumulator tile: up to 4 channel vectors, as many pixels as fit beside them
-    (at most ``rows`` and the output width)."""
+    (at most ``rows`` and the output's pixel count)."""
     vecs = max(v for v in (4, 3, 2, 1) if (o16 // 16) % v == 0)
-    px = max(1, min(rows, ow, MAX_ACCUMULATORS // vecs))
+    px = max(1, min(rows, pixels, MAX_ACCUMULATORS // vecs))
     return px, vecs
 
 
@@ -48,31 +48,26 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
     sh, sw = strides
     dh, dw = dilations
     o16 = (o + 15) // 16 * 16
-    px, vecs = register_tile(o16, ow, rows)
+    m = n * oh * ow  # output pixels, taken in tiles of ``px`` across rows and images
+    px, vecs = register_tile(o16, m, rows)
     kc = cp // 4  # 4-channel steps per tap
     nvb = o16 // 16 // vecs  # channel blocks of ``vecs`` vectors
-    tiles = -(-ow // px)  # pixel tiles per output row (a last one ends at the row's end, recomputing some)
-    nrows = n * oh
-    groups = max(1, min(nrows, -(-tasks // nvb)))
-    size = -(-nrows // groups)  # output rows per task
-    groups = -(-nrows // size)
+    tiles = -(-m // px)  # (a last tile ends at the last pixel, recomputing some)
+    groups = max(1, min(tiles, -(-tasks // nvb)))
+    size = -(-tiles // groups)  # tiles per task
+    groups = -(-tiles // size)
     wstride = kh * kw * kc * 64  # bytes per 16-output-channel weight slice
     f32 = "float32"
 
-    def img(task, i):
-        return (task // nvb * size + i) // oh
-
-    def yrow(task, i):
-        return (task // nvb * size + i) % oh
-
-    def x0(t):
-        return T.min(t * px, ow - px)
+    def pixel(task, i, p):  # the flat output pixel of tile i's p-th pixel
+        return T.min((task // nvb * size + i) * px, m - px) + p
 
     def ch(task, v):  # first output channel of the task's v-th vector
         return (task % nvb * vecs + v) * 16
 
-    def word(X, task, i, t, p, r, s, k):  # the 4 input bytes (one i32) of tile pixel p at tap (r, s), step k
-        off = (((img(task, i) * hp + yrow(task, i) * sh + r * dh) * wp + (x0(t) + p) * sw + s * dw) * cp + k * 4)
+    def word(X, q, r, s, k):  # the 4 input bytes (one i32) of output pixel q at tap (r, s), step k
+        img, yy, xx = q // (oh * ow), q // ow % oh, q % ow
+        off = ((img * hp + yy * sh + r * dh) * wp + xx * sw + s * dw) * cp + k * 4
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", X.vload([off], "uint8x4")), 16))
 
     def wvec(W, task, v, r, s, k):
@@ -83,34 +78,34 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
 
     @T.prim_func
     def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o16 // 16, kh, kw, kc, 16, 4), "int8"),
-             CORR: T.Buffer((o16,), "int32"), MULT: T.Buffer((o16,), f32), Y: T.Buffer((n, oh, ow, o), out_dtype)):
+             CORR: T.Buffer((o16,), "int32"), MULT: T.Buffer((o16,), f32), YP: T.Buffer((n, oh, ow, o), out_dtype)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
         W = T.decl_buffer((o16 // 16 * wstride,), "int8", data=WP.data)
-        for task in T.parallel(groups * nvb):  # (row group, channel block) pairs
+        Y = T.decl_buffer((m * o,), out_dtype, data=YP.data)
+        for task in T.parallel(groups * nvb):  # (tile group, channel block) pairs
             acc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
             for i in range(size):
-                if task // nvb * size + i < nrows:
-                    for t in range(tiles):
-                        for q in T.unroll(px * vecs):
-                            acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                        for r, s, k in T.grid(kh, kw, kc):
-                            for p in T.unroll(px):
-                                for v in T.unroll(vecs):
-                                    acc[T.ramp((p * vecs + v) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                        "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                                        acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, task, i, t, p, r, s, k),
-                                        wvec(W, task, v, r, s, k))
+                if task // nvb * size + i < tiles:
+                    for q in T.unroll(px * vecs):
+                        acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                    for r, s, k in T.grid(kh, kw, kc):
                         for p in T.unroll(px):
                             for v in T.unroll(vecs):
-                                if ch(task, v) + 16 <= o:
-                                    for j in T.vectorized(16):
-                                        Y[img(task, i), yrow(task, i), x0(t) + p, ch(task, v) + j] = requant(
-                                            CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
-                                elif ch(task, v) < o:
-                                    for j in range(o % 16):
-                                        Y[img(task, i), yrow(task, i), x0(t) + p, ch(task, v) + j] = requant(
-                                            CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
+                                acc[T.ramp((p * vecs + v) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                    "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                    acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, pixel(task, i, p), r, s, k),
+                                    wvec(W, task, v, r, s, k))
+                    for p in T.unroll(px):
+                        for v in T.unroll(vecs):
+                            if ch(task, v) + 16 <= o:
+                                for j in T.vectorized(16):
+                                    Y[pixel(task, i, p) * o + ch(task, v) + j] = requant(
+                                        CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
+                            elif ch(task, v) < o:
+                                for j in range(o % 16):
+                                    Y[pixel(task, i, p) * o + ch(task, v) + j] = requant(
+                                        CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
     return func
 
 
