@@ -96,7 +96,8 @@ def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, amx
 @pytest.mark.parametrize("lead,k,n,relu,per_channel", [((1,), 32, 10, False, True), ((2, 5), 64, 48, True, True),
                                                        ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True),
                                                        ((3, 20), 128, 40, False, True),
-                                                       ((66,), 16, 40, True, True)])  # AMX: blocks copy rows
+                                                       ((66,), 16, 40, True, True),  # AMX: blocks copy rows
+                                                       ((3,), 30, 20, True, True)])  # VNNI: rows padded to K=32
 def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
     rng = np.random.default_rng(3)
     sw = tuple(map(float, rng.uniform(0.002, 0.01, n))) if per_channel else (0.004,)
@@ -183,7 +184,7 @@ def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
 @pytest.mark.parametrize("per_row", [False, True], ids=["tensor", "row"])
 @pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
 @pytest.mark.parametrize("lead,k,n,bias", [((128,), 64, 48, True), ((1, 7), 32, 16, True), ((5,), 16, 8, False),
-                                           ((2, 33), 100, 64, True)])
+                                           ((2, 33), 100, 64, True), ((4,), 30, 20, True)])
 def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, amx, per_row):
     rng = np.random.default_rng(10)
     g = Graph("d")

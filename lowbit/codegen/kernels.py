@@ -208,29 +208,37 @@ def _default(L, op):
 
 GENERIC = Kernel("generic", lambda L, op: None, _default)
 AMX = _feature("amx_int8")
+VNNI = _feature("avx512_vnni")
+
+
+def _const_bias(L, op):
+    return None if len(op.operands) < 3 or op.operands[2].is_const else "the bias is not a constant"
 
 TABLE: dict[str, list[Kernel]] = {
     "qconv2d": [
         Kernel("amx-1x1-rows", _all(AMX, _u8_input, _dense, _input_nhwc, _pointwise), ops_amx.qconv2d_1x1_rows, "nhwc"),
         Kernel("amx-conv", _all(AMX, _u8_input, _dense),
                lambda L, op: ops_amx.qconv2d(L, op, x_nhwc=L.is_nhwc(op.operands[0]), y_nhwc=True), "nhwc"),
-        Kernel("vnni-nhwc", _all(_feature("avx512_vnni"), _u8_input, _dense), ops_vnni.qconv2d, "nhwc"),
+        Kernel("vnni-nhwc", _all(VNNI, _u8_input, _dense), ops_vnni.qconv2d, "nhwc"),
         Kernel("depthwise-nhwc", _all(_depthwise, _input_nhwc, _f32_exact), _depthwise_nhwc, "nhwc"),
         Kernel("depthwise-planes", _all(_depthwise, _small_planes),
                lambda L, op: ops_int.qconv2d(L, op, "depthwise-planes")),
         Kernel("depthwise-rows", _depthwise, lambda L, op: ops_int.qconv2d(L, op, "depthwise-rows")),
-        Kernel("vnni-dot4", _all(_feature("avx512_vnni"), _u8_input, _dense, _channels16),
+        Kernel("vnni-dot4", _all(VNNI, _u8_input, _dense, _channels16),
                lambda L, op: ops_int.qconv2d(L, op, "dot4")),
         Kernel("dot4", _all(_u8_input, _dense, _channels16), lambda L, op: ops_int.qconv2d(L, op, "dot4")),
         Kernel("generic", lambda L, op: None, lambda L, op: ops_int.qconv2d(L, op, "generic")),
     ],
     "qmatmul": [
         Kernel("amx", _all(AMX, _u8_input), ops_amx.qmatmul),
+        Kernel("vnni", _all(VNNI, _u8_input), ops_vnni.qmatmul),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul),
     ],
     "qmatmul_dynamic": [
         Kernel("amx-rows", _all(AMX, _columns16, _per_row), lambda L, op: ops_amx.qmatmul_dynamic(L, op, True)),
         Kernel("amx", _all(AMX, _columns16), lambda L, op: ops_amx.qmatmul_dynamic(L, op, False)),
+        Kernel("vnni-rows", _all(VNNI, _const_bias, _per_row), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True)),
+        Kernel("vnni", _all(VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul_dynamic),
     ],
     "max_pool2d": [

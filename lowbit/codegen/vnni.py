@@ -36,11 +36,16 @@ def pack_weights(weight: np.ndarray, cp: int) -> np.ndarray:
 
 
 def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: int, ow: int, strides, dilations,
-              zy: int, lo: int, hi: int, out_dtype: str, rows: int = 6, tasks: int = 16):
-    """A PrimFunc (X [n, hp, wp, cp] u8, W packed i8, corr [o16] i32, mult [o16] f32) -> Y [n, oh, ow, o]:
+              zy: int = 0, lo: int = 0, hi: int = 255, out_dtype: str = "uint8", rows: int = 6, tasks: int = 16,
+              dynamic: bool = False, per_row: bool = False):
+    """A PrimFunc (X [n, hp, wp, cp] u8, W packed i8, then the epilogue's constants) -> Y [n, oh, ow, o].
+
+    Static (requantize): constants corr [o16] i32 and mult [o16] f32;
     Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum of
     x * w over the taps of the padded input (whose padding holds the input's zero point: corr carries
-    -zx * sum(w) and the bias)."""
+    -zx * sum(w) and the bias). ``dynamic`` (rescale, f32 out): constants zp [rows or 1] i32 and scale
+    [rows or 1] f32 of the input (per output pixel with ``per_row``), wsum, wscale and bias [o16] f32;
+    Y = f32(acc - zp * wsum) * (scale * wscale) + bias, one rounding (a fused multiply-add)."""
     from tvm.script import tirx as T
 
     from .intrinsics import lrint
@@ -58,6 +63,7 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
     groups = -(-tiles // size)
     wstride = kh * kw * kc * 64  # bytes per 16-output-channel weight slice
     f32 = "float32"
+    prm = m if per_row else 1
 
     def pixel(task, i, p):  # the flat output pixel of tile i's p-th pixel
         return T.min((task // nvb * size + i) * px, m - px) + p
@@ -73,8 +79,54 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
     def wvec(W, task, v, r, s, k):
         return W.vload([(task % nvb * vecs + v) * wstride + ((r * kw + s) * kc + k) * 64], "int8x64")
 
-    def requant(CORR, MULT, a, c):
-        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, a + CORR[c]) * MULT[c]) + zy, hi), lo))
+    def requant(C, a, q, c):
+        corr, mult = C
+        return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, a + corr[c]) * mult[c]) + zy, hi), lo))
+
+    def rescale(C, a, q, c):
+        zp, sc, wsum, ws, bias = C
+        r = q if per_row else 0
+        return T.Cast(f32, a - zp[r] * wsum[c]) * (sc[r] * ws[c]) + bias[c]
+
+    value = rescale if dynamic else requant
+
+    @T.macro
+    def body(X, W, Y, C, acc, task):
+        for i in range(size):
+            if task // nvb * size + i < tiles:
+                for q in T.unroll(px * vecs):
+                    acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                for r, s, k in T.grid(kh, kw, kc):
+                    for p in T.unroll(px):
+                        for v in T.unroll(vecs):
+                            acc[T.ramp((p * vecs + v) * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                                "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                                acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, pixel(task, i, p), r, s, k),
+                                wvec(W, task, v, r, s, k))
+                for p in T.unroll(px):
+                    for v in T.unroll(vecs):
+                        if ch(task, v) + 16 <= o:
+                            for j in T.vectorized(16):
+                                Y[pixel(task, i, p) * o + ch(task, v) + j] = value(
+                                    C, acc[(p * vecs + v) * 16 + j], pixel(task, i, p), ch(task, v) + j)
+                        elif ch(task, v) < o:
+                            for j in range(o % 16):
+                                Y[pixel(task, i, p) * o + ch(task, v) + j] = value(
+                                    C, acc[(p * vecs + v) * 16 + j], pixel(task, i, p), ch(task, v) + j)
+
+    if dynamic:
+        @T.prim_func
+        def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o16 // 16, kh, kw, kc, 16, 4), "int8"),
+                 ZP: T.Buffer((prm,), "int32"), SC: T.Buffer((prm,), f32), WSUM: T.Buffer((o16,), "int32"),
+                 WS: T.Buffer((o16,), f32), BIAS: T.Buffer((o16,), f32), YP: T.Buffer((n, oh, ow, o), f32)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+            X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
+            W = T.decl_buffer((o16 // 16 * wstride,), "int8", data=WP.data)
+            Y = T.decl_buffer((m * o,), f32, data=YP.data)
+            for task in T.parallel(groups * nvb):  # (tile group, channel block) pairs
+                acc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
+                body(X, W, Y, (ZP, SC, WSUM, WS, BIAS), acc, task)
+        return func
 
     @T.prim_func
     def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((o16 // 16, kh, kw, kc, 16, 4), "int8"),
@@ -85,27 +137,7 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
         Y = T.decl_buffer((m * o,), out_dtype, data=YP.data)
         for task in T.parallel(groups * nvb):  # (tile group, channel block) pairs
             acc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
-            for i in range(size):
-                if task // nvb * size + i < tiles:
-                    for q in T.unroll(px * vecs):
-                        acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                    for r, s, k in T.grid(kh, kw, kc):
-                        for p in T.unroll(px):
-                            for v in T.unroll(vecs):
-                                acc[T.ramp((p * vecs + v) * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                                    "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                                    acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, pixel(task, i, p), r, s, k),
-                                    wvec(W, task, v, r, s, k))
-                    for p in T.unroll(px):
-                        for v in T.unroll(vecs):
-                            if ch(task, v) + 16 <= o:
-                                for j in T.vectorized(16):
-                                    Y[pixel(task, i, p) * o + ch(task, v) + j] = requant(
-                                        CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
-                            elif ch(task, v) < o:
-                                for j in range(o % 16):
-                                    Y[pixel(task, i, p) * o + ch(task, v) + j] = requant(
-                                        CORR, MULT, acc[(p * vecs + v) * 16 + j], ch(task, v) + j)
+            body(X, W, Y, (CORR, MULT), acc, task)
     return func
 
 
