@@ -15,27 +15,36 @@ LOOSER = {"erf", "gelu-erf", "gelu-tanh", "tanh", "sigmoid", "exp", "log", "soft
           "layernorm", "layernorm-axis1", "softmax-13", "softmax-11-coerced", "logsoftmax", "lrn-odd", "pow-float"}
 
 
-def cpu_target(amx=None):
-    """This CPU as a lowbit Target; ``amx`` False turns AMX off (``-amx-int8``), True requires it."""
+# kernel families a test can force, by the features they turn off (``mattr``); each needs its instruction
+FAMILIES = {"amx": ([], "amx_int8"), "vnni": (["-amx-int8"], "avx512_vnni"),
+            "base": (["-amx-int8", "-avx512vnni"], None)}
+
+
+def cpu_target(family=None):
+    """This CPU as a lowbit Target, or with features turned off so that the integer kernels of ``family`` run:
+    ``amx``, ``vnni`` (AMX off) or ``base`` (AMX and VNNI off: the dot4 and generic kernels). Skips the test
+    where this CPU lacks the family's instruction."""
     from lowbit.codegen import Target
 
     host = Target.parse("cpu")
-    if amx is False and host.has("amx_int8"):
-        return Target.parse({**host.to_json(), "mattr": ["-amx-int8"]})
-    if amx and not host.has("amx_int8"):
-        pytest.skip("this CPU has no AMX-INT8")
-    return host
+    if family is None:
+        return host
+    off, need = FAMILIES[family]
+    if need is not None and not host.has(need):
+        pytest.skip(f"this CPU has no {need}")
+    off = [f for f in off if host.has({"-amx-int8": "amx_int8", "-avx512vnni": "avx512_vnni"}[f])]
+    return Target.parse({**host.to_json(), "mattr": off}) if off else host
 
 
-def build_and_run(graph, inputs, amx=None, config=None):
+def build_and_run(graph, inputs, family=None, config=None):
     """lowbit's CPU build (blocked layout, fusion, default schedules) as compile() does it, run in-process;
-    ``amx`` True/False forces the integer kernels onto AMX tiles or off them (None: as compile() decides)."""
+    ``family`` forces the integer kernels of one family (``cpu_target``); None: as compile() decides."""
     import tvm
     from tvm import relax
 
     from lowbit.codegen import build_module
 
-    ex = build_module(graph, cpu_target(amx), config)
+    ex = build_module(graph, cpu_target(family), config)
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(inputs[v.name]) for v in graph.inputs])
     return {n: o.numpy() for n, o in zip(graph.output_names, out)}

@@ -20,7 +20,7 @@ def _has_amx():
 
 
 # every integer kernel is checked both on AMX tiles (where this CPU has them) and off them
-KERNELS = [False, pytest.param(True, marks=pytest.mark.skipif(not _has_amx(), reason="this CPU has no AMX-INT8"))]
+KERNELS = ["base", "vnni", "amx"]  # every integer kernel family; a family this CPU cannot run skips
 
 CONVS = [  # (cin, cout, hw, k, stride, pad, groups, relu, x dtype, per-channel)
     (3, 16, 9, 3, 1, 1, 1, False, "u8", True),
@@ -79,26 +79,26 @@ def _qlinearconv_model(g, params):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
 
 
-@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
+@pytest.mark.parametrize("family", KERNELS)
 @pytest.mark.parametrize("case", CONVS, ids=[str(i) for i in range(len(CONVS))])
-def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, amx):
+def test_qconv2d_reference_matches_onnxruntime_and_kernel_is_bit_exact(case, family):
     g, x, params = _qconv_graph(*case)
     want = lowbit.interpret(g, x)["y"]
     assert want.dtype == g.outputs[0].type.dtype.np_dtype
     if not case[7]:  # QLinearConv has no fused relu
         ref = ort.InferenceSession(_qlinearconv_model(g, params), providers=["CPUExecutionProvider"]).run(None, x)[0]
         np.testing.assert_array_equal(want, ref)
-    got = build_and_run(g, x, amx)["y"]
+    got = build_and_run(g, x, family)["y"]
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
+@pytest.mark.parametrize("family", KERNELS)
 @pytest.mark.parametrize("lead,k,n,relu,per_channel", [((1,), 32, 10, False, True), ((2, 5), 64, 48, True, True),
                                                        ((7,), 16, 8, False, False), ((2, 40), 200, 32, True, True),
                                                        ((3, 20), 128, 40, False, True),
                                                        ((66,), 16, 40, True, True),  # AMX: blocks copy rows
                                                        ((3,), 30, 20, True, True)])  # VNNI: rows padded to K=32
-def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
+def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, family):
     rng = np.random.default_rng(3)
     sw = tuple(map(float, rng.uniform(0.002, 0.01, n))) if per_channel else (0.004,)
     g = Graph("q")
@@ -110,7 +110,7 @@ def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, amx):
                  {"activation": "relu" if relu else "none"}, [rt]).result
     g.set_outputs([y], ["y"])
     xs = {"x": rng.integers(0, 256, lead + (k,)).astype(np.uint8)}
-    np.testing.assert_array_equal(build_and_run(g, xs, amx)["y"], lowbit.interpret(g, xs)["y"])
+    np.testing.assert_array_equal(build_and_run(g, xs, family)["y"], lowbit.interpret(g, xs)["y"])
 
 
 def test_lower_qdq_turns_the_qdq_cnn_into_integer_ops(zoo_dir):
@@ -140,7 +140,7 @@ def test_u8_conv_uses_vnni_where_the_cpu_has_it():
     from lowbit.codegen import build_module
 
     g, x, _ = _qconv_graph(32, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
-    ex = build_module(g, cpu_target(False))
+    ex = build_module(g, cpu_target("vnni"))
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "vpdpbusd" in asm
     np.testing.assert_array_equal(build_and_run(g, x)["y"], lowbit.interpret(g, x)["y"])
@@ -152,10 +152,10 @@ def test_u8_conv_and_matmul_use_amx_tiles_where_the_cpu_has_them():
     from lowbit.codegen import build_module
 
     g, x, _ = _qconv_graph(64, 32, 10, 3, 1, 1, 1, True, "u8", True, seed=9)
-    ex = build_module(g, cpu_target(True))
+    ex = build_module(g, cpu_target("amx"))
     asm = "".join(m.inspect_source("asm") for m in [ex.mod] + list(ex.mod.imports) if m.kind == "llvm")
     assert "tdpbusd" in asm and "tileloadd" in asm and "ldtilecfg" in asm
-    np.testing.assert_array_equal(build_and_run(g, x, True)["y"], lowbit.interpret(g, x)["y"])
+    np.testing.assert_array_equal(build_and_run(g, x, "amx")["y"], lowbit.interpret(g, x)["y"])
 
 
 @pytest.mark.parametrize("hi,folded", [(6.0, True), (3.0, False)])
@@ -182,10 +182,10 @@ def test_relu6_folds_only_when_saturation_enforces_it(hi, folded):
 
 
 @pytest.mark.parametrize("per_row", [False, True], ids=["tensor", "row"])
-@pytest.mark.parametrize("amx", KERNELS, ids=["vnni", "amx"])
+@pytest.mark.parametrize("family", KERNELS)
 @pytest.mark.parametrize("lead,k,n,bias", [((128,), 64, 48, True), ((1, 7), 32, 16, True), ((5,), 16, 8, False),
                                            ((2, 33), 100, 64, True), ((4,), 30, 20, True)])
-def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, amx, per_row):
+def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, family, per_row):
     rng = np.random.default_rng(10)
     g = Graph("d")
     x = g.add_input("x", TensorType(lead + (k,), dt.f32))
@@ -199,7 +199,7 @@ def test_qmatmul_dynamic_kernel_is_bit_exact(lead, k, n, bias, amx, per_row):
     for xs in ({"x": rng.normal(0.3, 2, lead + (k,)).astype(np.float32)}, {"x": rows_apart.astype(np.float32)},
                {"x": np.zeros(lead + (k,), np.float32)},                        # zero range: scale 1, zp 0
                {"x": np.abs(rng.normal(0, 1, lead + (k,))).astype(np.float32)}):  # all positive: zp 0
-        np.testing.assert_array_equal(build_and_run(g, xs, amx)["y"], lowbit.interpret(g, xs)["y"])
+        np.testing.assert_array_equal(build_and_run(g, xs, family)["y"], lowbit.interpret(g, xs)["y"])
 
 
 def test_dynamic_quantization_of_the_encoder_tracks_fp32_and_onnxruntime(zoo_dir, tmp_path):
@@ -257,14 +257,14 @@ def test_nhwc_integer_region_matches_the_reference():
     d = conv(p, 32, 32, 3, 2, 1, 32, False, q(0.04, 100), 5)    # depthwise, stride 2
     g.set_outputs([d, s], ["y", "sum"])
     xs = {"x": rng.integers(0, 256, (1, 24, 13, 13)).astype(np.uint8)}
-    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
+    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, "amx")
     diff = np.abs(got["sum"].astype(np.int32) - want["sum"].astype(np.int32))
     assert diff.max() <= 1 and np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
     diff = np.abs(got["y"].astype(np.int32) - want["y"].astype(np.int32))  # downstream of those steps
     assert np.mean(diff == 0) > 0.99, (diff.max(), np.mean(diff == 0))
     # the integer ops alone (no float add between them) are exact
     g.set_outputs([y1, y2, b, f, e, e2], ["y1", "y2", "b", "f", "e", "e2"])
-    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, True)
+    want, got = lowbit.interpret(g, xs), build_and_run(g, xs, "amx")
     for k in ("y1", "y2", "b", "f", "e", "e2"):
         np.testing.assert_array_equal(got[k], want[k])
 
