@@ -167,15 +167,16 @@ def _int8_conv_model(tmp_path):
     rng = np.random.default_rng(3)
     w1 = rng.normal(0, 0.2, (32, 8, 3, 3)).astype(np.float32)
     w2 = rng.normal(0, 0.2, (32, 32, 3, 3)).astype(np.float32)
+    hw = 6
     nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], pads=[1, 1, 1, 1], name="conv0"),
              helper.make_node("Relu", ["a"], ["r"], name="relu0"),
              helper.make_node("Conv", ["r", "w2"], ["y"], pads=[1, 1, 1, 1], name="conv1")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 12, 12])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 12, 12])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, hw, hw])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, hw, hw])],
                               [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.save(model, tmp_path / "m.onnx")
-    x = rng.normal(0, 1, (8, 1, 8, 12, 12)).astype(np.float32)
+    x = rng.normal(0, 1, (8, 1, 8, hw, hw)).astype(np.float32)
     np.savez(tmp_path / "calib.npz", x=x)
     np.savez(tmp_path / "in.npz", x=x[0])
     return tmp_path / "m.onnx"
@@ -191,9 +192,16 @@ def _compile_run(tmp_path, tag, *extra):
         return manifest, z["y"], lowbit.runtime.artifact.read_artifact(art)[1]["lib/model.so"]
 
 
-def test_codegen_knobs_change_the_code_keep_the_outputs_and_are_recorded(tmp_path):
-    _int8_conv_model(tmp_path)
-    m0, y0, lib0 = _compile_run(tmp_path, "default")
+@pytest.fixture(scope="module")
+def int8_default(tmp_path_factory):
+    """The int8 conv net compiled for this CPU as it is: (directory, manifest, output, library)."""
+    d = tmp_path_factory.mktemp("int8net")
+    _int8_conv_model(d)
+    return (d, *_compile_run(d, "default"))
+
+
+def test_codegen_knobs_change_the_code_keep_the_outputs_and_are_recorded(int8_default):
+    tmp_path, m0, y0, lib0 = int8_default
     # one knob per kernel family conv1 may get here (AMX, VNNI in NHWC, the dot4 and generic contractions)
     knobs = {"amx_tasks": 4, "vnni_pixels": 4, "vnni_rows": 4, "tile": 4}
     m1, y1, lib1 = _compile_run(tmp_path, "knobs", "--codegen",
@@ -212,14 +220,13 @@ def test_unknown_codegen_knob_is_one_line_error(tmp_path):
     assert p.stderr.startswith("lowbit: error: unknown codegen knob 'tiles'") and not (tmp_path / "x.lbit").exists()
 
 
-def test_forcing_a_feature_off_changes_the_kernel_family_and_keeps_outputs(tmp_path):
+def test_forcing_a_feature_off_changes_the_kernel_family_and_keeps_outputs(int8_default):
     from lowbit.codegen import Target
 
     host = Target.parse("cpu")
     if not host.has("avx512_vnni"):
         pytest.skip("this CPU has neither AMX nor VNNI: there is no family to turn off")
-    _int8_conv_model(tmp_path)
-    m0, y0, _ = _compile_run(tmp_path, "host")
+    tmp_path, m0, y0, _ = int8_default
     off = ["-amx-int8", "-avx512vnni"] if not host.has("amx_int8") else ["-amx-int8"]
     m1, y1, _ = _compile_run(tmp_path, "off", "--target", json.dumps({**host.to_json(), "mattr": off}))
     k0 = {k["name"]: k for k in m0["kernels"] if k["op"] == "qconv2d"}["conv1"]
