@@ -125,7 +125,7 @@ def main(argv=None) -> int:
     import model_zoo as zoo
 
     work = pathlib.Path(tempfile.mkdtemp(prefix="lowbit-int8-"))
-    rows = []
+    rows, families = [], {}
     for name in a.models.split(","):
         if name == "minilm":
             model, inputs, calib, held = _minilm(a.calib)
@@ -179,6 +179,9 @@ def main(argv=None) -> int:
         rt.set_threads(a.threads)
         feed = held[0]
         r = {"model": name, "int8_compile_s": round(compile_s, 1)}
+        families[name] = {"int8": rt.artifact.kernel_summary(m_q.manifest)}
+        if m_dyn is not None:
+            families[name]["int8-dynamic"] = rt.artifact.kernel_summary(m_dyn.manifest)
         s_fp = session(src)
         s_q = {kind: session(path) for kind, path in ort_q.items()}
         fns = {}
@@ -223,7 +226,13 @@ def main(argv=None) -> int:
     print("|" + "---|" * len(cols))
     for r in rows:
         print("| " + " | ".join(f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "—")) for c in cols) + " |")
-    print(f"\n{a.threads} threads, medians of {max(1, -(-a.runs // 5)) * 5} runs in 5 alternating rounds (3 warm-up "
+    from lowbit.runtime.host import cpu_model_name, host_mcpu
+
+    print(f"\nCPU: {cpu_model_name()} (LLVM mcpu {host_mcpu()}); kernel families:")
+    for name, fams in families.items():
+        for pipe, text in fams.items():
+            print(f"  {name} {pipe}: {text}")
+    print(f"{a.threads} threads, medians of {max(1, -(-a.runs // 5)) * 5} runs in 5 alternating rounds (3 warm-up "
           f"calls each); calibration: {a.calib} samples; cosine to onnxruntime fp32: min over held-out inputs (4 random; minilm: "
           f"24 real sentences, of mean-pooled sentence embeddings), first output")
     return 0

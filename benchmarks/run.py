@@ -120,7 +120,8 @@ def bench_model(bm, args, workdir: pathlib.Path) -> dict:
     m = rt.load(path)
     if not cuda:
         rt.set_threads(args.threads)
-    row = {"model": bm.name, "precision": "fp32", "compile_s": round(compile_s, 2), "tuning_s": None}
+    row = {"model": bm.name, "precision": "fp32", "compile_s": round(compile_s, 2), "tuning_s": None,
+           "kernels": rt.artifact.kernel_summary(art.manifest)}
     row["lowbit_ms"] = m.benchmark(bm.inputs, runs=args.runs, warmup=args.warmup)["median_ms"]
 
     sess = _ort_session(bm.onnx, args.threads, cuda)
@@ -189,6 +190,8 @@ def markdown(report: dict) -> str:
                  f"{m['llvm_mcpu']}) · suite {report['suite']} · medians of {report['runs']} runs after "
                  f"{report['warmup']} warm-up · lowbit {report['versions']['lowbit']}, TVM {report['versions']['tvm']}, "
                  f"onnxruntime {report['versions']['onnxruntime']}, PyTorch {report['versions']['torch']}")
+    lines.append("")
+    lines.append("Kernel families: " + " · ".join(f"{r['model']}: {r.get('kernels', '?')}" for r in report["results"]))
     return "\n".join(lines)
 
 

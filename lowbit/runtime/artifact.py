@@ -106,3 +106,16 @@ def read_artifact(path) -> tuple[dict, dict[str, bytes]]:
         if sha256(data[name]) != digest:
             raise LowbitError(f"{bad} (sha256 of {name} differs from the manifest)")
     return manifest, data
+
+
+def kernel_summary(manifest: dict, ops=("conv2d", "conv_transpose2d", "matmul", "gemm", "qconv2d", "qmatmul",
+                                        "qmatmul_dynamic")) -> str:
+    """The kernel families a compiled model's compute ops run on, from its manifest: ``qconv2d: vnni-nhwc 16,
+    depthwise-nhwc 17; qmatmul: vnni 1`` (what every benchmark figure names beside the CPU)."""
+    counts: dict = {}
+    for k in manifest.get("kernels", []):
+        if k["op"] in ops:
+            fam = counts.setdefault(k["op"], {})
+            fam[k["kernel"]] = fam.get(k["kernel"], 0) + 1
+    return "; ".join(f"{op}: " + ", ".join(f"{name} {n}" for name, n in sorted(fam.items(), key=lambda x: -x[1]))
+                     for op, fam in counts.items()) or "(no compute ops)"
