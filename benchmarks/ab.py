@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                             "calib": str(calib) if calib and pipe == "int8" else None}
                     comp[tag].append(_compile(old if tag == "old" else new, spec))
             mods = {tag: rt.load(work / f"{name}.{pipe}.{tag}.lbit") for tag in ("old", "new")}
+            libs = {tag: rt.artifact.read_artifact(work / f"{name}.{pipe}.{tag}.lbit")[1]["lib/model.so"]
+                    for tag in ("old", "new")}
             rt.set_threads(a.threads)
             feed = {k: v for k, v in inputs.items()}
             outs = {tag: m.run(feed) for tag, m in mods.items()}
@@ -158,15 +160,17 @@ def main(argv=None) -> int:
                 fns[tag] = lambda f=f, args=args: f(*args)
             ms = _alternating_ms(fns, a.runs)
             rows.append({"model": name, "pipeline": pipe, "old_ms": ms["old"], "new_ms": ms["new"],
-                         "old_compile_s": min(comp["old"]), "new_compile_s": min(comp["new"]), "same_output": same})
+                         "old_compile_s": min(comp["old"]), "new_compile_s": min(comp["new"]), "same_output": same,
+                         "same_library": libs["old"] == libs["new"]})
     print(f"\nA/B {a.old} -> {a.new}: {cpu_model_name()}, {a.threads} threads, medians of {a.runs} runs in 5 "
           f"alternating rounds; compile s = the faster of two alternating compiles")
-    print("| model | pipeline | old ms | new ms | new/old | old compile s | new compile s | new/old | outputs |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | pipeline | old ms | new ms | new/old | old compile s | new compile s | new/old | outputs | library |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['pipeline']} | {r['old_ms']:.2f} | {r['new_ms']:.2f} | "
               f"{r['new_ms'] / r['old_ms']:.3f} | {r['old_compile_s']:.1f} | {r['new_compile_s']:.1f} | "
-              f"{r['new_compile_s'] / r['old_compile_s']:.3f} | {'identical' if r['same_output'] else 'DIFFER'} |")
+              f"{r['new_compile_s'] / r['old_compile_s']:.3f} | {'identical' if r['same_output'] else 'DIFFER'} | "
+              f"{'same bytes' if r['same_library'] else 'differs'} |")
     for path in (old, new):
         if str(path).startswith(str(work)):
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(path)], capture_output=True)
