@@ -94,9 +94,19 @@ def _pipeline_arg(args, default: str = "O2") -> str:
 def cmd_compile(args) -> int:
     from .compiler import compile as compile_model
 
+    import warnings
+
+    from .errors import LowbitWarning
+
     log = [] if args.debug_schedules else None
-    art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args), shapes=dict(args.shape or []),
-                        calibration=args.calib, report=args.report, codegen=args.codegen, schedule_log=log)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", LowbitWarning)
+        art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args),
+                            shapes=dict(args.shape or []), calibration=args.calib, report=args.report,
+                            codegen=args.codegen, schedule_log=log, keep_integer=args.keep_integer)
+    for w in caught:
+        if issubclass(w.category, LowbitWarning):
+            print(f"lowbit: warning: {w.message}", file=sys.stderr)
     art.save(args.output)
     if log is not None:
         for line in log or ["lowbit: every schedule rule applied where it matched"]:
@@ -179,6 +189,8 @@ def cmd_inspect(args) -> int:
     for layer in layers:
         lines.append(f"  {layer['name']:<{width}}  {layer['op']:<16} in {layer['input']:<5} weight {layer['weight']:<5} "
                      f"out {layer['output']}")
+    for w in manifest.get("warnings", []):
+        lines.append(f"warning    {w}")
     if "codegen" in manifest:
         from .codegen.config import CodegenConfig
 
@@ -302,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--codegen", metavar="KNOBS", help="code generation knobs, e.g. 'tile=4,accumulators=8' or "
                    "per kernel 'conv0:amx_tasks=8' (recorded in the manifest; see lowbit inspect --json)")
     c.add_argument("--debug-schedules", action="store_true", help="print why schedule rules declined (stderr)")
+    c.add_argument("--keep-integer", action="store_true", help="run integer kernels even on a CPU without VNNI or "
+                   "AMX, where they are slower than float (by default the model then stays float, with a warning)")
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("export", help="write a model, after a pass pipeline, as an ONNX QDQ model",

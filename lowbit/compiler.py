@@ -13,12 +13,15 @@ import os
 import time
 from dataclasses import dataclass
 
-from .errors import LowbitError
+from .errors import LowbitError, LowbitWarning
 from .ir.graph import Graph
 from .progress import Progress
 
-# the passes a per-layer report leaves out to get the float graph it compares against
+# the passes a per-layer report leaves out to get the float graph it compares against; also the ones that make
+# integer kernels, which need int8 dot-product instructions to beat float
 QUANTIZING_PASSES = ("quantize", "lower-qdq")
+# measured on a 2-core Xeon with VNNI turned off (benchmarks/int8.py models): lowbit int8 / lowbit fp32
+SLOW_INT8 = "MobileNetV2 17.6 vs 4.4 ms, ResNet-18 72.9 vs 14.6 ms"
 
 
 def _looks_like_ir(path: str) -> bool:
@@ -67,7 +70,7 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
     from .passes import PassContext, parse_pipeline, run_pipeline
 
     prog = progress if isinstance(progress, Progress) else Progress(progress)
-    passes = parse_pipeline(pipeline)
+    passes = pipeline if isinstance(pipeline, list) else parse_pipeline(pipeline)
     if isinstance(model, Graph):
         source = model
     else:
@@ -83,8 +86,27 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
     return Prepared(graph, source, passes, samples)
 
 
+def integer_policy(target, passes, keep_integer: bool = False):
+    """(passes, warning): on an x86 target with neither AVX-512 VNNI nor AMX-INT8, lowbit's exact integer kernels
+    are several times slower than its float ones, so the passes that make integer kernels do not run (the model
+    stays float, a QDQ model keeps its float simulation, which is its ONNX meaning) and the warning says so;
+    ``keep_integer`` runs them anyway."""
+    from .codegen import X86Target
+    from .passes import Pipeline
+
+    if keep_integer or not isinstance(target, X86Target) or target.has("avx512_vnni") or target.has("amx_int8"):
+        return passes, None
+    dropped = [p.name for p in passes if p.name in QUANTIZING_PASSES]
+    if not dropped:
+        return passes, None
+    kept = Pipeline(p for p in passes if p.name not in QUANTIZING_PASSES)
+    return kept, (f"target {target.describe()} has neither AVX-512 VNNI nor AMX-INT8: lowbit's exact integer kernels "
+                  f"are slower than float there ({SLOW_INT8}), so {' and '.join(dict.fromkeys(dropped))} did not "
+                  "run and the model stays float (--keep-integer runs the integer kernels anyway)")
+
+
 def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
-            report: bool = False, codegen=None, schedule_log: list | None = None):
+            report: bool = False, codegen=None, schedule_log: list | None = None, keep_integer: bool = False):
     """Import (if not a Graph), run ``pipeline``, generate code for ``target``; return an ``Artifact``.
 
     ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
@@ -92,8 +114,13 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     against the same pipeline without ``quantize``/``lower-qdq`` (on up to 4 calibration samples) in the
     manifest's ``quant_report``. ``codegen`` sets code generation knobs (``CodegenConfig``, its text
     ``"key=value,..."`` or a dict); they are recorded in the manifest. ``schedule_log``, a list, receives one
-    line per schedule rule that declined a kernel."""
+    line per schedule rule that declined a kernel. Where integer kernels would be slower than float
+    (``integer_policy``) the model stays float, with a warning (``warnings.warn`` and the manifest's
+    ``warnings``), unless ``keep_integer``."""
+    import warnings
+
     from . import codegen as cg
+    from .passes import parse_pipeline
 
     prog = progress if isinstance(progress, Progress) else Progress(progress)
     t_start = time.perf_counter()
@@ -101,7 +128,10 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     config = cg.CodegenConfig.parse(codegen)
     if report and calibration is None:
         raise LowbitError("--report compares against float on calibration data: give --calib")
-    p = prepare(model, pipeline, shapes=shapes, calibration=calibration, progress=prog)
+    passes, warning = integer_policy(tgt, parse_pipeline(pipeline), keep_integer)
+    if warning:
+        warnings.warn(warning, LowbitWarning, stacklevel=2)
+    p = prepare(model, passes, shapes=shapes, calibration=calibration, progress=prog)
     quant_report = None
     if report:
         from .passes import run_pipeline
@@ -114,6 +144,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     art.manifest["pipeline"] = str(p.passes)
     if quant_report is not None:
         art.manifest["quant_report"] = quant_report
+    if warning:
+        art.manifest["warnings"] = [warning]
     art.manifest["compile_seconds"] = round(time.perf_counter() - t_start, 3)
     return art
 
@@ -135,4 +167,4 @@ def export(model, path, fmt: str = "onnx-qdq", pipeline="int8", *, shapes=None, 
     write_atomically(path, to_onnx_qdq(p.graph).SerializeToString())
 
 
-__all__ = ["load_model", "prepare", "Prepared", "compile", "export"]
+__all__ = ["load_model", "prepare", "Prepared", "compile", "export", "integer_policy"]

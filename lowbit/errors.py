@@ -8,3 +8,8 @@ Every user-facing failure (a broken model file, an unsupported op, a wrong shape
 
 class LowbitError(Exception):
     """A user-facing error: one line that names the file, node or input and what was expected."""
+
+
+class LowbitWarning(UserWarning):
+    """Something the user asked for that lowbit did otherwise, and why (e.g. a model kept float where integer
+    kernels would be slower); the CLI prints it as ``lowbit: warning: <message>``."""

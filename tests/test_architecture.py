@@ -228,7 +228,8 @@ def test_forcing_a_feature_off_changes_the_kernel_family_and_keeps_outputs(int8_
         pytest.skip("this CPU has neither AMX nor VNNI: there is no family to turn off")
     tmp_path, m0, y0, _ = int8_default
     off = ["-amx-int8", "-avx512vnni"] if not host.has("amx_int8") else ["-amx-int8"]
-    m1, y1, _ = _compile_run(tmp_path, "off", "--target", json.dumps({**host.to_json(), "mattr": off}))
+    m1, y1, _ = _compile_run(tmp_path, "off", "--target", json.dumps({**host.to_json(), "mattr": off}),
+                             "--keep-integer")  # (without VNNI the model would stay float: the test below)
     k0 = {k["name"]: k for k in m0["kernels"] if k["op"] == "qconv2d"}["conv1"]
     k1 = {k["name"]: k for k in m1["kernels"] if k["op"] == "qconv2d"}["conv1"]
     assert k0["kernel"] == ("amx-conv" if host.has("amx_int8") else "vnni-nhwc")
@@ -237,3 +238,23 @@ def test_forcing_a_feature_off_changes_the_kernel_family_and_keeps_outputs(int8_
     np.testing.assert_array_equal(y0, y1)
     text = run_cli("inspect", tmp_path / "off.lbit", check_rc=0).stdout
     assert "passed over" in text and k0["kernel"] in text
+
+
+def test_int8_stays_float_with_a_warning_where_integer_kernels_would_be_slower(int8_default):
+    """Without VNNI and AMX lowbit's exact integer kernels are several times slower than float: the model stays
+    float and the compile says so; --keep-integer runs the integer kernels anyway (bit-exact, as tested)."""
+    from lowbit.codegen import Target
+
+    tmp_path = int8_default[0]
+    target = json.dumps({**Target.parse("cpu").to_json(), "mattr": ["-amx-int8", "-avx512vnni"]})
+    art = tmp_path / "novnni.lbit"
+    p = run_cli("compile", tmp_path / "m.onnx", "-o", art, "--preset", "int8", "--calib", tmp_path / "calib.npz",
+                "--target", target, check_rc=0)
+    assert p.stderr.startswith("lowbit: warning: target llvm") and "neither AVX-512 VNNI nor AMX-INT8" in p.stderr
+    m = json.loads(run_cli("inspect", art, "--json", check_rc=0).stdout)
+    assert "quantize" not in m["pipeline"] and m["warnings"] and {k["op"] for k in m["kernels"]} >= {"conv2d"}
+    p = run_cli("compile", tmp_path / "m.onnx", "-o", art, "--preset", "int8", "--calib", tmp_path / "calib.npz",
+                "--target", target, "--keep-integer", check_rc=0)
+    assert "warning" not in p.stderr
+    m = json.loads(run_cli("inspect", art, "--json", check_rc=0).stdout)
+    assert [k["kernel"] for k in m["kernels"] if k["op"] == "qconv2d"] == ["dot4", "dot4"]
