@@ -109,8 +109,8 @@ def cmd_compile(args) -> int:
             print(f"lowbit: warning: {w.message}", file=sys.stderr)
     art.save(args.output)
     if log is not None:
-        for line in log or ["lowbit: every schedule rule applied where it matched"]:
-            print(f"schedule: {line}", file=sys.stderr)
+        for line in log or ["every rule applied where it matched"]:
+            print(f"lowbit: schedules: {line}", file=sys.stderr)
     if args.report:
         from .quant.report import format_report
 
