@@ -10,6 +10,7 @@ Features are named as /proc/cpuinfo names them (``avx512_vnni``, ``amx_int8``); 
 """
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -36,38 +37,35 @@ _IMPLIED_BY = {"avx512f": {"avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx5
                "amx_tile": {"amx_int8", "amx_bf16"}, "avx2": {"avx_vnni"}}
 
 
-def cpu_flags() -> set[str]:
+@functools.lru_cache(maxsize=1)
+def _cpuinfo() -> dict:
+    """The first processor's /proc/cpuinfo fields (read once: they do not change while a process runs)."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                key, sep, value = line.partition(":")
+                if not sep:
+                    if fields:
+                        break  # the end of the first processor's block
+                    continue
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def cpu_flags() -> set[str]:
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_vendor() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
+    return _cpuinfo().get("vendor_id", "")
 
 
 def cpu_model_name() -> str:
     """The CPU's marketing name, as /proc/cpuinfo gives it (what every benchmark figure names)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def host_mcpu(flags: set[str] | None = None, vendor: str | None = None) -> str:
