@@ -218,7 +218,7 @@ TABLE: dict[str, list[Kernel]] = {
     "qconv2d": [
         Kernel("amx-1x1-rows", _all(AMX, _u8_input, _dense, _input_nhwc, _pointwise), ops_amx.qconv2d_1x1_rows, "nhwc"),
         Kernel("amx-conv", _all(AMX, _u8_input, _dense),
-               lambda L, op: ops_amx.qconv2d(L, op, x_nhwc=L.is_nhwc(op.operands[0]), y_nhwc=True), "nhwc"),
+               lambda L, op: ops_amx.qconv2d(L, op, y_nhwc=True), "nhwc"),
         Kernel("vnni-nhwc", _all(VNNI, _u8_input, _dense), ops_vnni.qconv2d, "nhwc"),
         Kernel("depthwise-nhwc", _all(_depthwise, _input_nhwc, _f32_exact), _depthwise_nhwc, "nhwc"),
         Kernel("depthwise-planes", _all(_depthwise, _small_planes),

@@ -27,39 +27,47 @@ def matmul_input(L, x, shape, kp: int, zero: int):
     return L.te_(fn, x, name="lowbit_amx_rows"), (mp, kp), mp
 
 
-def qconv2d(L, op, x_nhwc: bool = False, y_nhwc: bool = False):
-    """qconv2d (u8 input, groups 1) as an AMX kernel: the input (NCHW, or NHWC with ``x_nhwc``) padded with its
-    zero point and laid out NHWC (channels padded to 64 with zeros, which weigh 0), then ``amx.conv_func``,
-    whose result is NCHW or, with ``y_nhwc``, NHWC."""
+def padded_nhwc(L, op, hp: int, wp: int, cp: int, prefix: str):
+    """qconv2d's u8 input (NCHW, or NHWC where it already is) padded with its zero point and laid out NHWC
+    [n, hp, wp, cp]; channels past the input's hold the zero point too (they weigh 0). A narrow NCHW input
+    (cp == 4, an RGB stem) becomes one 32-bit word per pixel. The kernels of ``prefix`` name the functions."""
     from tvm import relax
 
+    x_nhwc = L.is_nhwc(op.operands[0])
     x = L.get_nhwc(op.operands[0]) if x_nhwc else L.get(op.operands[0])
-    weight = op.operands[1].const_value.astype(np.int32)
-    corr = conv_folded_bias(op)
-    a = op.attrs
-    xt, rt = op.operands[0].type, op.result.type
-    pads, strides, dilations = a["pads"], a["strides"], a["dilations"]
-    pt, pl = pads[0], pads[1]
+    xt = op.operands[0].type
     n, c, h, wd = xt.shape
-    o, _, kh, kw = weight.shape
-    _, _, oh, ow = rt.shape
+    pt, pl = op.attrs["pads"][:2]
     zx = int(xt.quant.zero_point[0])
-    p = amx.Plan(c, h, wd, oh, ow, kh, kw, pads, strides, dilations)
-    zy, lo, hi = requant_params(op)
     te, tir = L.te, L.tir
+    if not x_nhwc and cp == 4:
+        f = amx.pixel_words_func(n, c, h, wd, hp, wp, pt, pl, zx)
+        return relax.call_tir(L.add_func(f, f"{prefix}_pixel_words"), relax.Tuple([x]),
+                              relax.TensorType((n, hp, wp, 4), "uint8"))
 
     def nhwc(X):
         def at(i, y, z, k):
             yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
             return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
                                     X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
-        return te.compute((n, p.hp, p.wp, p.cpix), at, name="pad_nhwc")
-    if not x_nhwc and p.cpix == 4:  # a narrow (RGB) NCHW input: one word per pixel
-        f = amx.pixel_words_func(n, c, h, wd, p.hp, p.wp, pt, pl, zx)
-        xp = relax.call_tir(L.add_func(f, "lowbit_amx_pixel_words"), relax.Tuple([x]),
-                            relax.TensorType((n, p.hp, p.wp, 4), "uint8"))
-    else:
-        xp = L.te_(nhwc, x, name="lowbit_amx_input")
+        return te.compute((n, hp, wp, cp), at, name="pad_nhwc")
+    return L.te_(nhwc, x, name=f"{prefix}_input")
+
+
+def qconv2d(L, op, y_nhwc: bool = False):
+    """qconv2d (u8 input, groups 1) as an AMX kernel: the input padded into NHWC (``padded_nhwc``, channels
+    padded to 64), then ``amx.conv_func``, whose result is NCHW or, with ``y_nhwc``, NHWC."""
+    weight = op.operands[1].const_value.astype(np.int32)
+    corr = conv_folded_bias(op)
+    a = op.attrs
+    xt, rt = op.operands[0].type, op.result.type
+    strides, dilations = a["strides"], a["dilations"]
+    n, c, h, wd = xt.shape
+    o, _, kh, kw = weight.shape
+    _, _, oh, ow = rt.shape
+    p = amx.Plan(c, h, wd, oh, ow, kh, kw, a["pads"], strides, dilations)
+    zy, lo, hi = requant_params(op)
+    xp = padded_nhwc(L, op, p.hp, p.wp, p.cpix, "lowbit_amx")
     func = amx.conv_func(n, p, o, kh, oh, ow, strides, dilations, zy, lo, hi, np_dtype(rt), nhwc=y_nhwc,
                          tasks=L.knob("amx_tasks", op))
     o16 = (o + 15) // 16 * 16
@@ -109,22 +117,23 @@ def qmatmul(L, op):
     return L.call_tir(func, "lowbit_qmatmul_amx", args, shape, np_dtype(rt))
 
 
-def qmatmul_dynamic(L, op, rows_pass: bool):
-    """qmatmul_dynamic on AMX tiles: the quantized input as [M, K] rows (padded to 32 x 64), then
-    ``amx.matmul_func`` (rescale and bias fused into one multiply-add, as the reference rounds once). With
-    ``rows_pass`` (per-row parameters) range, parameters and quantized rows come from one pass."""
+def quantized_rows(L, op, mp: int, kp: int, rows_pass: bool):
+    """(rows [mp, kp] u8, scale, zero point) of a qmatmul_dynamic's input: quantized with its run-time u8
+    parameters, rows past M and columns past K zero. ``rows_pass`` (per-row parameters): range, parameters and
+    rows in one pass (``amx.dynamic_rows_func``); otherwise the parameters first (``ops_int.dynamic_params``)."""
     from tvm import relax
 
     x = L.get(op.operands[0])
-    b = L.get(op.operands[2]) if len(op.operands) > 2 else None
-    weight, sw, wsum = dynamic_weights(op)
-    xt = op.operands[0].type
-    k, nn = weight.shape
-    m = int(np.prod(xt.shape[:-1]))
-    mp, kp = -(-m // 32) * 32, -(-k // 64) * 64
+    shape = op.operands[0].type.shape
+    m, k = int(np.prod(shape[:-1])), shape[-1]
     per_row = op.attrs["per_row"]
     te, tir = L.te, L.tir
-    shape = xt.shape
+    if rows_pass:
+        f = amx.dynamic_rows_func(shape, m, k, mp, kp)
+        t = L.emit(relax.call_tir(L.add_func(f, "lowbit_dynamic_quantize_rows"), relax.Tuple([x]),
+                                  [relax.TensorType((mp, kp), "uint8"), relax.TensorType((m,), "float32"),
+                                   relax.TensorType((m,), "int32")]))
+        return tuple(L.emit(relax.TupleGetItem(t, i)) for i in range(3))
 
     def quant(X, SC, ZP):
         def at(i, j):
@@ -133,18 +142,23 @@ def qmatmul_dynamic(L, op, rows_pass: bool):
             q = tir.max(tir.min(tir.nearbyint(X[idx] / SC[r]).astype("int32") + ZP[r], 255), 0).astype("uint8")
             return tir.if_then_else(tir.all(i < m, j < k), q, tir.const(0, "uint8"))
         return te.compute((mp, kp), at, name="dyn_quantize")
-    if rows_pass:  # per row: range, parameters and quantized rows in one pass
-        f = amx.dynamic_rows_func(shape, m, k, mp, kp)
-        t = L.emit(relax.call_tir(L.add_func(f, "lowbit_dynamic_quantize_rows"), relax.Tuple([x]),
-                                  [relax.TensorType((mp, kp), "uint8"), relax.TensorType((m,), "float32"),
-                                   relax.TensorType((m,), "int32")]))
-        xq, sc, zp = (L.emit(relax.TupleGetItem(t, i)) for i in range(3))
-    else:
-        sc, zp = dynamic_params(L, op)
-        xq = L.emit(L.te_(quant, x, sc, zp, name="lowbit_dynamic_quantize"))
+    sc, zp = dynamic_params(L, op)
+    return L.emit(L.te_(quant, x, sc, zp, name="lowbit_dynamic_quantize")), sc, zp
+
+
+def qmatmul_dynamic(L, op, rows_pass: bool):
+    """qmatmul_dynamic on AMX tiles: the quantized input as [M, K] rows (padded to 32 x 64, ``quantized_rows``),
+    then ``amx.matmul_func`` (rescale and bias fused into one multiply-add, as the reference rounds once)."""
+    b = L.get(op.operands[2]) if len(op.operands) > 2 else None
+    weight, sw, wsum = dynamic_weights(op)
+    xt = op.operands[0].type
+    k, nn = weight.shape
+    m = int(np.prod(xt.shape[:-1]))
+    mp, kp = -(-m // 32) * 32, -(-k // 64) * 64
+    xq, sc, zp = quantized_rows(L, op, mp, kp, rows_pass)
     bias = b if b is not None else L.const(np.zeros(nn, np.float32))
-    func = amx.matmul_func((mp, kp), op.result.type.shape, mp, kp, nn, True, b is not None, per_row=per_row,
-                           tasks=L.knob("amx_tasks", op))
+    func = amx.matmul_func((mp, kp), op.result.type.shape, mp, kp, nn, True, b is not None,
+                           per_row=op.attrs["per_row"], tasks=L.knob("amx_tasks", op))
     args = [xq, L.const(amx.pack_matmul_weights(weight.astype(np.int8), kp)), zp, sc, L.const(wsum),
             L.const(np.ascontiguousarray(sw)), bias]
     return L.call_tir(func, "lowbit_qmatmul_dynamic_amx", args, op.result.type.shape, "float32")
