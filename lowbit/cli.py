@@ -15,6 +15,8 @@ import sys
 from . import __version__
 from .errors import LowbitError
 
+PRESET_NAMES = ("O0", "O1", "O2", "int8", "int8-dynamic", "bf16")  # passes.PRESETS, without importing the passes
+
 
 def _shape_arg(text: str):
     name, sep, dims = text.rpartition("=")
@@ -103,7 +105,8 @@ def cmd_compile(args) -> int:
         warnings.simplefilter("always", LowbitWarning)
         art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args),
                             shapes=dict(args.shape or []), calibration=args.calib, report=args.report,
-                            codegen=args.codegen, schedule_log=log, keep_integer=args.keep_integer)
+                            codegen=args.codegen, schedule_log=log, keep_integer=args.keep_integer,
+                            keep_bf16=args.keep_bf16)
     for w in caught:
         if issubclass(w.category, LowbitWarning):
             print(f"lowbit: warning: {w.message}", file=sys.stderr)
@@ -304,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--target", default="auto",
                    help="auto (this CPU), cpu, cuda, cuda:sm_XX, or a TVM target JSON object (default: auto)")
     c.add_argument("--pipeline", help="pass pipeline text (default: the O2 preset)")
-    c.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8", "int8-dynamic")))
+    c.add_argument("--preset", help="a named pipeline: " + ", ".join(PRESET_NAMES))
     c.add_argument("--report", action="store_true", help="print per-layer SQNR/cosine of the quantized layers "
                    "against float (needs --calib) and record them in the manifest")
     c.add_argument("--calib", metavar="DATA", help="calibration data for quantize: an .npz (keys = input names, "
@@ -316,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--debug-schedules", action="store_true", help="print why schedule rules declined (stderr)")
     c.add_argument("--keep-integer", action="store_true", help="run integer kernels even on a CPU without VNNI or "
                    "AMX, where they are slower than float (by default the model then stays float, with a warning)")
+    c.add_argument("--keep-bf16", action="store_true", help="run bf16 ops (--preset bf16) even on a CPU without "
+                   "AMX-BF16, where they compute in f32 (by default the model then stays f32, with a warning)")
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("export", help="write a model, after a pass pipeline, as an ONNX QDQ model",
@@ -326,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=["onnx-qdq"], help="the output format")
     e.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     e.add_argument("--pipeline", help="pass pipeline text (default: the int8 preset)")
-    e.add_argument("--preset", help="a named pipeline: " + ", ".join(("O0", "O1", "O2", "int8", "int8-dynamic")))
+    e.add_argument("--preset", help="a named pipeline: " + ", ".join(PRESET_NAMES))
     e.add_argument("--calib", metavar="DATA", help="calibration data for quantize (.npz or a directory of them)")
     e.add_argument("--shape", action="append", type=_shape_arg, metavar="NAME=DIMS",
                    help="bind a symbolic input shape (repeatable)")

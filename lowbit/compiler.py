@@ -22,6 +22,7 @@ from .progress import Progress
 QUANTIZING_PASSES = ("quantize", "lower-qdq")
 # measured on a 2-core Xeon with VNNI turned off (benchmarks/int8.py models): lowbit int8 / lowbit fp32
 SLOW_INT8 = "MobileNetV2 17.6 vs 4.4 ms, ResNet-18 72.9 vs 14.6 ms"
+BF16_PASS = "to-bf16"  # the pass that makes bf16 ops
 
 
 def _looks_like_ir(path: str) -> bool:
@@ -105,8 +106,27 @@ def integer_policy(target, passes, keep_integer: bool = False):
                   "run and the model stays float (--keep-integer runs the integer kernels anyway)")
 
 
+def bf16_policy(target, passes, keep_bf16: bool = False):
+    """(passes, warning): on an x86 target without AMX-BF16, lowbit's bf16 ops would run its generic kernels,
+    which compute the same products in f32 (no faster than float: AVX512-BF16's ``vdpbf16ps`` is not reachable
+    through TVM 0.27's LLVM code generation), so ``to-bf16`` does not run, the model stays f32 and the warning
+    says so; ``keep_bf16`` runs it anyway."""
+    from .codegen import X86Target
+    from .passes import Pipeline
+
+    if keep_bf16 or not isinstance(target, X86Target) or target.has("amx_bf16"):
+        return passes, None
+    if not any(p.name == BF16_PASS for p in passes):
+        return passes, None
+    kept = Pipeline(p for p in passes if p.name != BF16_PASS)
+    return kept, (f"target {target.describe()} has no AMX-BF16: lowbit's bf16 kernels there compute in f32 and are "
+                  f"no faster than float, so {BF16_PASS} did not run and the model stays f32 (--keep-bf16 runs the "
+                  "bf16 ops anyway)")
+
+
 def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
-            report: bool = False, codegen=None, schedule_log: list | None = None, keep_integer: bool = False):
+            report: bool = False, codegen=None, schedule_log: list | None = None, keep_integer: bool = False,
+            keep_bf16: bool = False):
     """Import (if not a Graph), run ``pipeline``, generate code for ``target``; return an ``Artifact``.
 
     ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
@@ -116,7 +136,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     ``"key=value,..."`` or a dict); they are recorded in the manifest. ``schedule_log``, a list, receives one
     line per schedule rule that declined a kernel. Where integer kernels would be slower than float
     (``integer_policy``) the model stays float, with a warning (``warnings.warn`` and the manifest's
-    ``warnings``), unless ``keep_integer``."""
+    ``warnings``), unless ``keep_integer``; likewise bf16 without AMX-BF16 (``bf16_policy``) unless
+    ``keep_bf16``."""
     import warnings
 
     from . import codegen as cg
@@ -129,8 +150,10 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     if report and calibration is None:
         raise LowbitError("--report compares against float on calibration data: give --calib")
     passes, warning = integer_policy(tgt, parse_pipeline(pipeline), keep_integer)
-    if warning:
-        warnings.warn(warning, LowbitWarning, stacklevel=2)
+    passes, bf16_warning = bf16_policy(tgt, passes, keep_bf16)
+    notes = [w for w in (warning, bf16_warning) if w]
+    for w in notes:
+        warnings.warn(w, LowbitWarning, stacklevel=2)
     p = prepare(model, passes, shapes=shapes, calibration=calibration, progress=prog)
     quant_report = None
     if report:
@@ -144,8 +167,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     art.manifest["pipeline"] = str(p.passes)
     if quant_report is not None:
         art.manifest["quant_report"] = quant_report
-    if warning:
-        art.manifest["warnings"] = [warning]
+    if notes:
+        art.manifest["warnings"] = notes
     art.manifest["compile_seconds"] = round(time.perf_counter() - t_start, 3)
     return art
 
@@ -167,4 +190,4 @@ def export(model, path, fmt: str = "onnx-qdq", pipeline="int8", *, shapes=None, 
     write_atomically(path, to_onnx_qdq(p.graph).SerializeToString())
 
 
-__all__ = ["load_model", "prepare", "Prepared", "compile", "export", "integer_policy"]
+__all__ = ["load_model", "prepare", "Prepared", "compile", "export", "integer_policy", "bf16_policy"]

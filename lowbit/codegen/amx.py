@@ -1,4 +1,6 @@
-"""AMX-INT8 kernels: u8 x i8 -> i32 convolution on Intel AMX tiles (``tdpbusd``), written directly in TIR.
+"""AMX kernels: u8 x i8 -> i32 (AMX-INT8, ``tdpbusd``) and bf16 x bf16 -> f32 (AMX-BF16, ``tdpbf16ps``)
+convolutions and matmuls on Intel AMX tiles, written directly in TIR. A ``Dot`` names the instruction and its
+element types; the byte layout of the tiles is the same for both (a bf16 pair fills the 32-bit word of 4 u8).
 
 TVM ships no AMX intrinsic (TVM.md); these kernels call LLVM's tile intrinsics themselves. Tile registers:
 tmm0-3 hold a 2 x 2 block of 16 x 16 i32 accumulators (32 output pixels x 32 output channels), tmm4-5 two
@@ -9,9 +11,35 @@ im2col buffer is built. A process must ask Linux for the AMX state first (``runt
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-TILE_M, TILE_N, TILE_K = 16, 16, 64  # pixels, output channels, input channels (bytes) per tile
+TILE_M, TILE_N, TILE_K = 16, 16, 64  # pixels, output channels, input channel bytes per tile
+
+
+@dataclass(frozen=True)
+class Dot:
+    """A tile dot-product instruction and its element types. A 64-byte tile row holds ``k`` input elements;
+    the weight tile holds, per row, 16 output channels x ``pack`` consecutive k (one 32-bit word each)."""
+
+    instr: str
+    x: str  # input elements
+    w: str  # weight elements
+    acc: str  # accumulator elements
+    size: int  # bytes per input / weight element
+
+    @property
+    def k(self) -> int:
+        return TILE_K // self.size
+
+    @property
+    def pack(self) -> int:
+        return 4 // self.size
+
+
+U8I8 = Dot("tdpbusd", "uint8", "int8", "int32", 1)  # AMX-INT8: exact i32 sums of u8 x i8
+BF16 = Dot("tdpbf16ps", "uint16", "uint16", "float32", 2)  # AMX-BF16: bf16 bits, f32 sums
 
 
 def _tile(op: str, *args):
@@ -45,49 +73,58 @@ class Plan:
     width <= 64, e.g. an RGB stem) lets one 64-byte chunk span a whole kernel row (taps x channels, zero weights
     past its end), so a 3-channel 7x7 conv runs 7 chunks per tile, not 49 mostly-padding ones."""
 
-    def __init__(self, c, h, w, oh, ow, kh, kw, pads, strides, dilations):
+    def __init__(self, c, h, w, oh, ow, kh, kw, pads, strides, dilations, dot: Dot = U8I8):
         pt, pl, pb, pr = pads
-        cq = (c + 3) // 4 * 4
-        self.fold = kw > 1 and cq * kw <= TILE_K and dilations[1] == 1
+        self.dot = dot
+        tk, pk = dot.k, dot.pack
+        cq = (c + pk - 1) // pk * pk
+        self.fold = kw > 1 and cq * kw <= tk and dilations[1] == 1
         self.owt = (ow + TILE_M - 1) // TILE_M
         self.hp = h + pt + pb
         last = (self.owt * TILE_M - 1) * strides[1]  # the last tile row's first input pixel
         if self.fold:
             self.cpix, self.kc, self.taps_w, self.cw = cq, 1, 1, c
-            self.wp = max(w + pl + pr, last + TILE_K // cq)
+            self.wp = max(w + pl + pr, last + tk // cq)
         else:
-            self.cpix = (c + TILE_K - 1) // TILE_K * TILE_K
-            self.kc, self.taps_w, self.cw = self.cpix // TILE_K, kw, c
+            self.cpix = (c + tk - 1) // tk * tk
+            self.kc, self.taps_w, self.cw = self.cpix // tk, kw, c
             self.wp = max(w + pl + pr, last + (kw - 1) * dilations[1] + 1)
 
     def pack_weights(self, weight: np.ndarray) -> np.ndarray:
-        """[O, C, KH, KW] -> [O16 / 16, KH, taps_w, kc * 16, 16, 4] int8 (O16: O padded to 16): for each
-        16-output-channel slice and tap chunk, 16 rows of (16 output channels x 4 consecutive k), the VNNI order
-        of a tile's second operand; output channels past O and k past the real channels (or, folded, past the
-        kernel row) weigh 0."""
+        """[O, C, KH, KW] -> [O16 / 16, KH, taps_w, kc * 16, 16, pack] of the Dot's weight elements (O16: O
+        padded to 16): for each 16-output-channel slice and tap chunk, 16 rows of (16 output channels x pack
+        consecutive k), the VNNI order of a tile's second operand; output channels past O and k past the real
+        channels (or, folded, past the kernel row) weigh 0. bf16 weights come as their uint16 bits."""
         o, c, kh, kw = weight.shape
-        k = self.kc * TILE_K
+        k, pk = self.kc * self.dot.k, self.dot.pack
         o16 = (o + 15) // 16 * 16
-        w = np.zeros((o16, kh, self.taps_w, k), np.int8)  # output channels past o weigh 0
+        w = np.zeros((o16, kh, self.taps_w, k), self.dot.w)  # output channels past o weigh 0
         if self.fold:  # k = tap * cq + channel
             for s in range(kw):
                 w[:o, :, 0, s * self.cpix:s * self.cpix + c] = weight[:, :, :, s].transpose(0, 2, 1)
         else:
             w[:o, ..., :c] = weight.transpose(0, 2, 3, 1)
-        w = w.reshape(o16 // 16, 16, kh, self.taps_w, k // 4, 4)
+        w = w.reshape(o16 // 16, 16, kh, self.taps_w, k // pk, pk)
         return np.ascontiguousarray(w.transpose(0, 2, 3, 4, 1, 5))
 
 
-def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int, lo: int, hi: int,
-              out_dtype: str, nhwc: bool = False, tasks: int = 16):
-    """A PrimFunc (X [n, Hp, Wp, cpix] u8, W packed i8, corr [o] i32, mult [o] f32) -> Y [n, o, oh, ow], or
-    with ``nhwc`` Y [n, oh, ow, o], each pixel's channels stored straight from a tile row.
+def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilations, zy: int = 0, lo: int = 0,
+              hi: int = 255, out_dtype: str = "uint8", nhwc: bool = False, tasks: int = 16, relu: bool = False):
+    """A PrimFunc (X [n, Hp, Wp, cpix], W packed, the epilogue's constants) -> Y [n, o, oh, ow], or with ``nhwc``
+    Y [n, oh, ow, o], each pixel's channels stored straight from a tile row. The plan's Dot picks the kind:
 
-    Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum."""
+    u8 x i8 (``U8I8``): X u8, constants corr [o] i32 and mult [o] f32;
+    Y = saturate(round_half_even(f32(acc + corr) * mult) + zy) clamped to [lo, hi], acc the exact i32 sum.
+    bf16 (``BF16``): X and W bf16 bits (u16), constant bias [o] f32; Y f32 = acc + bias (max 0 with ``relu``),
+    acc the f32 sum of the exact bf16 products."""
     from tvm.script import tirx as T
 
     from .intrinsics import lrint
 
+    dot = p.dot
+    out_dtype = "float32" if dot == BF16 else out_dtype
+    tk = dot.k  # input elements per 64-byte tile row
+    chunk = 16 * tk  # weight elements per 16 x 64-byte tile
     sh, sw = strides
     dh, dw = dilations
     hp, wp, cp, kc, kw, owt = p.hp, p.wp, p.cpix, p.kc, p.taps_w, p.owt
@@ -118,15 +155,22 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
         return t % owt * TILE_M
 
     def tap(b, r, s, q):  # input offset of a tile's tap (r, s), 64-byte chunk q
-        return b + (r * dh * wp + s * dw) * cp + q * TILE_K
+        return b + (r * dh * wp + s * dw) * cp + q * tk
 
     def wtap(t, r, s, q):  # weight offset of 16-channel slice t's tap (r, s), chunk q
-        return t * wstride_o + ((r * kw + s) * kc + q) * 1024
+        return t * wstride_o + ((r * kw + s) * kc + q) * chunk
 
-    def requant(corr, mult, v, ch):
+    def requant(C, v, ch):
+        corr, mult = C
         return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast("float32", v + corr[ch]) * mult[ch]) + zy, hi), lo))
-    lds = sw * cp  # bytes between consecutive output pixels' input rows
-    wstride_o = kh * kw * kc * 16 * 64  # bytes per 16-output-channel weight slice
+
+    def biased(C, v, ch):
+        (bias,) = C
+        return T.max(v + bias[ch], T.float32(0)) if relu else v + bias[ch]
+
+    value = requant if dot == U8I8 else biased
+    lds = sw * cp * dot.size  # bytes between consecutive output pixels' input rows
+    wstride_o = kh * kw * kc * chunk  # elements per 16-output-channel weight slice
     out_shape = (n, oh, ow, o) if nhwc else (n, o, oh, ow)
 
     def base(t):  # input element offset (times cp) of a 16-pixel tile's first pixel, tap (0, 0)
@@ -137,16 +181,11 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
     def prefetch(buf, i):
         return _prefetch(buf, i, op_ // 16 * wstride_o)
 
-    @T.prim_func
-    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
-             CORR: T.Buffer((op_,), "int32"), MULT: T.Buffer((op_,), "float32"),
-             Y: T.Buffer(out_shape, out_dtype)):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
-        X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
-        W = T.decl_buffer((op_ // 16 * wstride_o,), "int8", data=WP.data)
+    @T.macro
+    def run(X, W, C, Y):
         for task in T.parallel(nblocks * mgroups):  # (channel block, row group) pairs
             cfg = T.decl_buffer((64,), "uint8", scope="local")
-            acc = T.decl_buffer((32 * 32,), "int32", scope="local")
+            acc = T.decl_buffer((32 * 32,), dot.acc, scope="local")
             row = T.decl_buffer((TILE_M,), out_dtype, scope="local")
             for i in range(64):
                 cfg[i] = T.uint8(0)
@@ -163,21 +202,21 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                     tile("tilezero", T.uint8(3))
                     for r, s, q in T.grid(kh, kw, kc):
                         for line in T.unroll(16):  # the next chunk's weight tiles into L1
-                            prefetch(W, wtap(cb(task) * 2, r, s, q) + 1024 + line * 64)
-                            prefetch(W, wtap(cb(task) * 2 + 1, r, s, q) + 1024 + line * 64)
+                            prefetch(W, wtap(cb(task) * 2, r, s, q) + chunk + line * tk)
+                            prefetch(W, wtap(cb(task) * 2 + 1, r, s, q) + chunk + line * tk)
                         # the second tile of an odd last pair repeats the first (same values, stored twice)
                         tile("tileloadd64", T.uint8(4), T.address_of(X[tap(base(tl(task, mi, 0)), r, s, q)]),
                              T.int64(lds))
                         tile("tileloadd64", T.uint8(5), T.address_of(X[tap(base(tl(task, mi, 1)), r, s, q)]),
                              T.int64(lds))
                         tile("tileloadd64", T.uint8(6), T.address_of(W[wtap(cb(task) * 2, r, s, q)]), T.int64(64))
-                        tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
-                        tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                        tile(dot.instr, T.uint8(0), T.uint8(4), T.uint8(6))
+                        tile(dot.instr, T.uint8(2), T.uint8(5), T.uint8(6))
                         if cb(task) < nb2:  # a second 16-channel tile
                             tile("tileloadd64", T.uint8(7), T.address_of(W[wtap(cb(task) * 2 + 1, r, s, q)]),
                                  T.int64(64))
-                            tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
-                            tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                            tile(dot.instr, T.uint8(1), T.uint8(4), T.uint8(7))
+                            tile(dot.instr, T.uint8(3), T.uint8(5), T.uint8(7))
                     # acc[m][c]: m in 0..31 (the pair's first tile's pixels, then the second's), c in 0..31
                     tile("tilestored64", T.uint8(0), T.address_of(acc[0]), T.int64(128))
                     tile("tilestored64", T.uint8(1), T.address_of(acc[16]), T.int64(128))
@@ -190,20 +229,18 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                                 if cb(task) * 32 + ct * 16 + 16 <= o:
                                     for c in T.vectorized(16):
                                         Y[img(tl(task, mi, half)), yrow(tl(task, mi, half)), x0(tl(task, mi, half))
-                                          + j, cb(task) * 32 + ct * 16 + c] = requant(
-                                            CORR, MULT, acc[(half * 16 + j) * 32 + ct * 16 + c],
-                                            cb(task) * 32 + ct * 16 + c)
+                                          + j, cb(task) * 32 + ct * 16 + c] = value(
+                                            C, acc[(half * 16 + j) * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
                                 else:
                                     for c in range(o % 16):
                                         Y[img(tl(task, mi, half)), yrow(tl(task, mi, half)), x0(tl(task, mi, half))
-                                          + j, cb(task) * 32 + ct * 16 + c] = requant(
-                                            CORR, MULT, acc[(half * 16 + j) * 32 + ct * 16 + c],
-                                            cb(task) * 32 + ct * 16 + c)
+                                          + j, cb(task) * 32 + ct * 16 + c] = value(
+                                            C, acc[(half * 16 + j) * 32 + ct * 16 + c], cb(task) * 32 + ct * 16 + c)
                     else:
                         for half, c in T.grid(2, 32):
                             if (c < 16 or cb(task) < nb2) and cb(task) * 32 + c < o:
                                 for j in T.vectorized(TILE_M):  # 16 pixels of one channel: a stride-32 gather
-                                    row[j] = requant(CORR, MULT, acc[(half * 16 + j) * 32 + c], cb(task) * 32 + c)
+                                    row[j] = value(C, acc[(half * 16 + j) * 32 + c], cb(task) * 32 + c)
                                 if x0(tl(task, mi, half)) + TILE_M <= ow:
                                     for j in T.vectorized(TILE_M):
                                         Y[img(tl(task, mi, half)), cb(task) * 32 + c, yrow(tl(task, mi, half)),
@@ -213,6 +250,25 @@ def conv_func(n: int, p: Plan, o: int, kh: int, oh: int, ow: int, strides, dilat
                                         Y[img(tl(task, mi, half)), cb(task) * 32 + c, yrow(tl(task, mi, half)),
                                           x0(tl(task, mi, half)) + j] = row[j]
             tile("tilerelease")
+
+    if dot == BF16:
+        @T.prim_func
+        def func(XP: T.Buffer((n, hp, wp, cp), dot.x), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 2), dot.w),
+                 BIAS: T.Buffer((op_,), "float32"), Y: T.Buffer(out_shape, "float32")):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+            X = T.decl_buffer((n * hp * wp * cp,), dot.x, data=XP.data)
+            W = T.decl_buffer((op_ // 16 * wstride_o,), dot.w, data=WP.data)
+            run(X, W, (BIAS,), Y)
+        return func
+
+    @T.prim_func
+    def func(XP: T.Buffer((n, hp, wp, cp), "uint8"), WP: T.Buffer((op_ // 16, kh, kw, kc * 16, 16, 4), "int8"),
+             CORR: T.Buffer((op_,), "int32"), MULT: T.Buffer((op_,), "float32"),
+             Y: T.Buffer(out_shape, out_dtype)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((n * hp * wp * cp,), "uint8", data=XP.data)
+        W = T.decl_buffer((op_ // 16 * wstride_o,), "int8", data=WP.data)
+        run(X, W, (CORR, MULT), Y)
     return func
 
 
@@ -255,7 +311,8 @@ def pixel_words_func(n: int, c: int, h: int, w: int, hp: int, wp: int, pt: int, 
 
 
 def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_bias: bool, zy: int = 0,
-                lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False, tasks: int = 16):
+                lo: int = 0, hi: int = 255, out_dtype: str = "uint8", per_row: bool = False, tasks: int = 16,
+                dot: Dot = U8I8, relu: bool = False):
     """A PrimFunc for u8 [M, K] x i8 [K, N] on AMX tiles. X (``shape_x``) holds ``mp`` rows of k bytes (its last
     axis): the input itself, or a copy padded to 32 rows (and K to ``kp``, a multiple of 64). A tile row reads 64
     bytes, past a row's end into the next row, where the weights are 0; a block whose reads would pass X's end
@@ -265,14 +322,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     Static (``qmatmul``): args X, W, corr [N16] i32, mult [N16] f32 -> Y = requantized as ``conv_func``.
     Dynamic (``qmatmul_dynamic``): args X, W, zp i32, scale f32 ([1], or [M] ``per_row``), wsum [N] i32,
     wscale [N] f32, bias [N] f32 -> Y f32 = f32(acc - zp * wsum) * (scale * wscale) [+ bias], the multiply-add
-    fused (one rounding)."""
+    fused (one rounding).
+
+    bf16 (``dot=BF16``, kp a multiple of 32): X and W bf16 bits (u16, W [N16/16, kp/2, 16, 2]), args X, W,
+    bias [N] f32 -> Y f32 = acc + bias (max 0 with ``relu``), acc the f32 sum of the exact bf16 products."""
     from tvm.script import tirx as T
 
     from .intrinsics import lrint
 
     m = int(np.prod(shape_y[:-1]))
-    k = shape_x[-1]  # bytes between rows of X
-    xbytes = int(np.prod(shape_x))
+    k = shape_x[-1]  # elements between rows of X
+    xbytes = int(np.prod(shape_x))  # elements of X
     rows, pr = (m, 1) if per_row else (1, 0)
     n16 = (nn + 15) // 16 * 16  # columns padded to whole tiles (weights 0, not stored)
     nb2, nblocks, mblocks = n16 // 32, (n16 + 31) // 32, (m + 31) // 32
@@ -285,7 +345,9 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     last = max(mp - 32, 0)  # the last block's first row
     safe = (xbytes - kp) // k - (brows - 1)  # the last first row of a block that reads inside X only
     tail = safe < last  # (the blocks past it copy their rows)
-    kc = kp // TILE_K
+    tk = dot.k  # elements per 64-byte tile row
+    chunk = 16 * tk  # weight elements per tile
+    kc = kp // tk
     f32 = "float32"
 
     def cb(b):  # block b's 32 output columns
@@ -300,6 +362,10 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def requant(consts, v, r, ch):  # static: the output element from accumulator v (row r, column ch)
         corr, mult = consts
         return T.Cast(out_dtype, T.max(T.min(lrint(T.Cast(f32, v + corr[ch]) * mult[ch]) + zy, hi), lo))
+
+    def biased(consts, v, r, ch):  # bf16: the f32 sum + bias
+        (bias,) = consts
+        return T.max(v + bias[ch], T.float32(0)) if relu else v + bias[ch]
 
     def rescale(consts, v, r, ch):  # dynamic: f32(acc - zp * wsum) * (scale * wscale) [+ bias]
         zp, sc, wsum, ws, bias = consts
@@ -316,23 +382,24 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
         for q in range(kc):
             if kc >= 4:  # long rows: the next chunk's weight tiles into L1
                 for line in T.unroll(16):
-                    prefetch(W, cb(b) * 32 * kp + (q + 1) * 1024 + line * 64)
-                    prefetch(W, (cb(b) * 32 + 16) * kp + (q + 1) * 1024 + line * 64)
-            tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * TILE_K]), T.int64(stride))
+                    prefetch(W, cb(b) * 32 * kp + (q + 1) * chunk + line * tk)
+                    prefetch(W, (cb(b) * 32 + 16) * kp + (q + 1) * chunk + line * tk)
+            tile("tileloadd64", T.uint8(4), T.address_of(src[base + q * tk]), T.int64(stride * dot.size))
             if not small:
-                tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * TILE_K]), T.int64(stride))
-            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(b) * 32 * kp + q * 1024]), T.int64(64))
-            tile("tdpbusd", T.uint8(0), T.uint8(4), T.uint8(6))
+                tile("tileloadd64", T.uint8(5), T.address_of(src[base + 16 * stride + q * tk]),
+                     T.int64(stride * dot.size))
+            tile("tileloadd64", T.uint8(6), T.address_of(W[cb(b) * 32 * kp + q * chunk]), T.int64(64))
+            tile(dot.instr, T.uint8(0), T.uint8(4), T.uint8(6))
             if not small:
-                tile("tdpbusd", T.uint8(2), T.uint8(5), T.uint8(6))
+                tile(dot.instr, T.uint8(2), T.uint8(5), T.uint8(6))
             if cb(b) < nb2:  # a second 16-column tile
-                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(b) * 32 + 16) * kp + q * 1024]), T.int64(64))
-                tile("tdpbusd", T.uint8(1), T.uint8(4), T.uint8(7))
+                tile("tileloadd64", T.uint8(7), T.address_of(W[(cb(b) * 32 + 16) * kp + q * chunk]), T.int64(64))
+                tile(dot.instr, T.uint8(1), T.uint8(4), T.uint8(7))
                 if not small:
-                    tile("tdpbusd", T.uint8(3), T.uint8(5), T.uint8(7))
+                    tile(dot.instr, T.uint8(3), T.uint8(5), T.uint8(7))
 
     @T.macro
-    def block(X, W, rows_copy, acc, b):  # one 32 x 32 block into acc[row][column] (i32)
+    def block(X, W, rows_copy, acc, b):  # one 32 x 32 block into acc[row][column]
         tile("tilezero", T.uint8(0))
         tile("tilezero", T.uint8(1))
         tile("tilezero", T.uint8(2))
@@ -341,7 +408,7 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
             if row0(b) > safe:  # its reads would pass X's end: its rows padded to kp bytes
                 for i, j in T.grid(brows, kp):
                     rows_copy[i * kp + j] = T.if_then_else(j < k, X[(row0(b) + i) * k + T.min(j, k - 1)],
-                                                           T.uint8(0))
+                                                           T.Cast(dot.x, 0))
                 chunks(rows_copy, 0, kp, W, b)
             else:
                 chunks(X, row0(b) * k, k, W, b)
@@ -367,8 +434,8 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     def run(X, W, Y, consts, value):  # the kernel: blocks in parallel runs, each stored through value()
         for task in T.parallel(tasks):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
-            acc = T.decl_buffer((32 * 32,), "int32", scope="local")
-            rows_copy = T.decl_buffer((brows * kp if tail else 1,), "uint8", scope="local")
+            acc = T.decl_buffer((32 * 32,), dot.acc, scope="local")
+            rows_copy = T.decl_buffer((brows * kp if tail else 1,), dot.x, scope="local")
             configure(cfg)
             for b in range(task * per, task * per + per):
                 if b < nb:
@@ -384,6 +451,17 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
                                     Y[row0(b) + i, col(b, ct, c)] = value(consts, acc[i * 32 + ct * 16 + c],
                                                                           row0(b) + i, col(b, ct, c))
             tile("tilerelease")
+
+    if dot == BF16:
+        @T.prim_func
+        def func(XP: T.Buffer(shape_x, dot.x), WP: T.Buffer((n16 // 16, kp // 2, 16, 2), dot.w),
+                 B: T.Buffer((nn,), f32), YP: T.Buffer(shape_y, f32)):
+            T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+            X = T.decl_buffer((xbytes,), dot.x, data=XP.data)
+            W = T.decl_buffer((n16 * kp,), dot.w, data=WP.data)
+            Y = T.decl_buffer((m, nn), f32, data=YP.data)
+            run(X, W, Y, (B,), biased)
+        return func
 
     if dynamic:
         @T.prim_func
@@ -408,13 +486,15 @@ def matmul_func(shape_x, shape_y, mp: int, kp: int, nn: int, dynamic: bool, has_
     return func
 
 
-def pack_matmul_weights(w: np.ndarray, kp: int) -> np.ndarray:
-    """[K, N] -> [N16/16, kp/4, 16, 4] int8, N16 = N padded to 16 (k past K and columns past N weigh 0)."""
+def pack_matmul_weights(w: np.ndarray, kp: int, dot: Dot = U8I8) -> np.ndarray:
+    """[K, N] -> [N16/16, kp/pack, 16, pack] of the Dot's weight elements (int8, or bf16 bits as uint16), N16 = N
+    padded to 16 (k past K and columns past N weigh 0)."""
     k, nn = w.shape
     n16 = (nn + 15) // 16 * 16
-    wp = np.zeros((kp, n16), np.int8)
+    pk = dot.pack
+    wp = np.zeros((kp, n16), dot.w)
     wp[:k, :nn] = w
-    return np.ascontiguousarray(wp.reshape(kp // 4, 4, n16 // 16, 16).transpose(2, 0, 3, 1))
+    return np.ascontiguousarray(wp.reshape(kp // pk, pk, n16 // 16, 16).transpose(2, 0, 3, 1))
 
 
 def unravel(i, dims):

@@ -99,7 +99,7 @@ def build_module(graph, target, config: CodegenConfig | None = None, kernels: li
 
     config = config or CodegenConfig()
     target = Target.parse(target)
-    if target.has("amx_int8") and "amx_int8" in cpu_flags():
+    if any(target.has(f) and f in cpu_flags() for f in ("amx_int8", "amx_bf16")):
         enable_amx()  # so this process can run what it builds (cross-compiling needs no AMX)
     mod = schedule(graph, target, config, kernels, log)
     try:

@@ -7,8 +7,9 @@ the reason — the manifest records both, and ``lowbit inspect`` lists them ("am
 amx_int8"). Families are picked from the target's features, never CPU names, so turning a feature off
 (``"mattr": ["-amx-int8"]``) makes any machine build the next family.
 
-A kernel's ``layout`` is the layout of its result: ``nhwc`` kernels form the integer region that stays NHWC
-between AMX convolutions (a pixel's channels are a tile row); other consumers get NCHW back once.
+A kernel's ``layout`` is the layout of its result: ``nhwc`` kernels form the region that stays NHWC between
+AMX and VNNI convolutions (a pixel's channels are a tile row), integer or bf16; other consumers get NCHW back
+once.
 
 >>> [k.name for k in TABLE["qconv2d"]][:3]
 ['amx-1x1-rows', 'amx-conv', 'depthwise-nhwc']
@@ -21,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_int, ops_vnni
+from . import ops_amx, ops_bf16, ops_int, ops_vnni
 from .lowering import RULES, np_dtype
 
 
@@ -208,6 +209,7 @@ def _default(L, op):
 
 GENERIC = Kernel("generic", lambda L, op: None, _default)
 AMX = _feature("amx_int8")
+AMX_BF16 = _feature("amx_bf16")
 VNNI = _feature("avx512_vnni")
 
 
@@ -240,6 +242,14 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("vnni-rows", _all(VNNI, _const_bias, _per_row), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True)),
         Kernel("vnni", _all(VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul_dynamic),
+    ],
+    "conv2d_bf16": [
+        Kernel("amx-bf16", _all(AMX_BF16, _dense), ops_bf16.conv2d_amx, "nhwc"),
+        GENERIC,
+    ],
+    "matmul_bf16": [
+        Kernel("amx-bf16", AMX_BF16, ops_bf16.matmul_amx),
+        GENERIC,
     ],
     "max_pool2d": [
         Kernel("int-nhwc", _all(_input_nhwc, _pool_int), _max_pool_nhwc, "nhwc"),

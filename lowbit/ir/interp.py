@@ -438,6 +438,28 @@ def _qmatmul_dynamic(op, x, w, b=None):
     return dynamic_rescale(acc, sx, op.operands[1].type.quant.scale_array(), b)
 
 
+def bf16_round(x: np.ndarray) -> np.ndarray:
+    """f32 values rounded to bf16 (to nearest, ties to even), as f32."""
+    import ml_dtypes
+
+    return x.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float32)
+
+
+def _activate(op, y):
+    return np.maximum(y, 0) if op.attrs["activation"] == "relu" else y
+
+
+@impl("conv2d_bf16")
+def _conv2d_bf16(op, x, w, b=None):  # bf16 x bf16 products are exact in f32; the sum is f32
+    return _activate(op, _conv2d(op, bf16_round(x), w.astype(np.float32), b)).astype(np.float32)
+
+
+@impl("matmul_bf16")
+def _matmul_bf16(op, x, w, b=None):
+    y = np.matmul(bf16_round(x), w.astype(np.float32))
+    return _activate(op, y if b is None else y + b).astype(np.float32)
+
+
 @impl("conv_transpose2d")
 def _conv_transpose2d(op, x, w, b=None):
     a = op.attrs

@@ -674,6 +674,38 @@ register(OpSchema("conv2d", (2, 3), dict(_CONV), _infer_conv,
                   doc="NCHW x OIHW; pads = [top, left, bottom, right]", traits=_COMPUTE))
 register(OpSchema("qconv2d", (2, 3), dict(_CONV, activation=Attr("str", "none", ("none", "relu"))), None,
                   _check_integer_op(_infer_conv, 0), doc="conv2d in integers; " + _INTEGER_DOC, traits=_INTEGER))
+def _check_bf16_op(infer_float, name):
+    """conv2d_bf16 / matmul_bf16: an f32 input, a bf16 weight, an optional f32 bias, an f32 result."""
+    def infer(types, attrs):
+        x, w = types[0], types[1]
+        if x.dtype != dt.f32 or x.quant is not None:
+            raise ValueError(f"{name}: input must be f32 (rounded to bf16 inside), got {x}")
+        if w.dtype != dt.bf16 or w.quant is not None:
+            raise ValueError(f"{name}: weight must be bf16, got {w}")
+        if len(types) == 3 and (types[2].dtype != dt.f32 or types[2].quant is not None):
+            raise ValueError(f"{name}: bias must be f32, got {types[2]}")
+        return infer_float([x, _float_view(w)] + list(types[2:]), attrs)
+    return infer
+
+
+def _infer_matmul_bf16(t, a):
+    x, w = t[0], t[1]
+    if w.rank != 2 or x.rank < 2:
+        raise ValueError(f"matmul_bf16 needs x[.., K] (rank >= 2) and w[K, N], got {x.shape} and {w.shape}")
+    (r,) = _infer_matmul(t[:2], a)
+    if len(t) == 3 and t[2].shape != (w.shape[1],):
+        raise ValueError(f"bias shape {t[2].shape} should be ({w.shape[1]},)")
+    return [r]
+
+
+_BF16_DOC = ("x rounded to bf16 (to nearest, ties to even), times the bf16 weight: every product exact in f32, "
+             "summed in f32 (in any order), + bias; activation relu clamps at 0. The result is f32")
+register(OpSchema("conv2d_bf16", (2, 3), dict(_CONV, activation=Attr("str", "none", ("none", "relu"))),
+                  _check_bf16_op(_infer_conv, "conv2d_bf16"), doc="conv2d in bf16; " + _BF16_DOC, traits=_COMPUTE))
+register(OpSchema("matmul_bf16", (2, 3), {"activation": Attr("str", "none", ("none", "relu"))},
+                  _check_bf16_op(_infer_matmul_bf16, "matmul_bf16"),
+                  doc="x[.., K] @ w[K, N] in bf16; " + _BF16_DOC, traits=_COMPUTE))
+
 register(OpSchema("conv_transpose2d", (2, 3), dict(_CONV, output_padding=Attr("ints", (0, 0))),
                   _infer_conv_transpose, doc="NCHW x IOHW (ONNX ConvTranspose)", traits=_COMPUTE))
 register(OpSchema("max_pool2d", (1, 1), {"kernel": Attr("ints"), "strides": Attr("ints", (1, 1)),

@@ -29,6 +29,7 @@ PRESETS: dict[str, str] = {
     "O2": "canonicalize,fold-constants,fold-batchnorm,fuse,lower-qdq,canonicalize,dce",
     "int8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{calibrator=mse},lower-qdq,canonicalize,dce",
     "int8-dynamic": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{dynamic=true},canonicalize,dce",
+    "bf16": "canonicalize,fold-constants,fold-batchnorm,fuse,to-bf16,canonicalize,dce",
 }
 
 

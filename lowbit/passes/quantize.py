@@ -31,7 +31,7 @@ from .base import Pass, PassContext, register_pass
 TARGETS = ("conv2d", "gemm", "matmul")
 
 
-def _weight_axis(op) -> int | None:
+def weight_axis(op) -> int | None:
     """The output-channel axis of a quantizable op's constant weight, or None when the op is not quantizable."""
     w = op.operands[1]
     if not w.is_const or w.type.dtype != dt.f32 or op.operands[0].type.dtype != dt.f32:
@@ -93,7 +93,7 @@ class Quantize(Pass):
         from ..quant.calibrate import calibrate_range, collect, load_samples, qparams
 
         targets = [op for op in graph.ops if op.opname in TARGETS and op.opname not in self.exclude_ops
-                   and (op.loc or "") not in self.exclude_nodes and _weight_axis(op) is not None]
+                   and (op.loc or "") not in self.exclude_nodes and weight_axis(op) is not None]
         if self.dynamic:
             for op in targets:
                 if op.opname != "conv2d":
@@ -139,7 +139,7 @@ class Quantize(Pass):
     def _quantize_dynamic(g: Graph, op, per_row: bool) -> None:
         """matmul / gemm by a constant -> qmatmul_dynamic (the input's scale is computed at run time)."""
         w = op.operands[1].const_value
-        if _weight_axis(op) == 0:  # gemm with transposed B: [N, K] -> [K, N]
+        if weight_axis(op) == 0:  # gemm with transposed B: [N, K] -> [K, N]
             w = np.ascontiguousarray(w.T)
         wq, wt, _ = _per_channel_i8(w, 1)
         ops = [op.operands[0], g.const(wq, loc=op.loc, before=op, type=wt)]
@@ -151,7 +151,7 @@ class Quantize(Pass):
 
     @staticmethod
     def _quantize_weights(g: Graph, op, xq: TensorType) -> None:
-        wq, wt, sw = _per_channel_i8(op.operands[1].const_value, _weight_axis(op))
+        wq, wt, sw = _per_channel_i8(op.operands[1].const_value, weight_axis(op))
         wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
         op.set_operand(1, wv)
         if len(op.operands) > 2:

@@ -109,7 +109,7 @@ def read_artifact(path) -> tuple[dict, dict[str, bytes]]:
 
 
 def kernel_summary(manifest: dict, ops=("conv2d", "conv_transpose2d", "matmul", "gemm", "qconv2d", "qmatmul",
-                                        "qmatmul_dynamic")) -> str:
+                                        "qmatmul_dynamic", "conv2d_bf16", "matmul_bf16")) -> str:
     """The kernel families a compiled model's compute ops run on, from its manifest: ``qconv2d: vnni-nhwc 16,
     depthwise-nhwc 17; qmatmul: vnni 1`` (what every benchmark figure names beside the CPU)."""
     counts: dict = {}

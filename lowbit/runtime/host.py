@@ -171,10 +171,10 @@ def enable_amx() -> None:
         err = ctypes.get_errno()
         raise LowbitError(f"this kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: "
                           f"{os.strerror(err)}); compile without AMX, e.g. --target "
-                          f"'{{\"kind\": \"llvm\", \"mcpu\": \"sapphirerapids\", \"mattr\": [\"-amx-int8\"]}}'")
+                          f"'{{\"kind\": \"llvm\", \"mcpu\": \"sapphirerapids\", \"mattr\": [\"-amx-tile\"]}}'")
     _AMX_GRANTED = True
 
 
 def uses_amx(target: dict) -> bool:
     """Whether code for this target JSON may hold AMX instructions."""
-    return target.get("kind") == "llvm" and "amx_int8" in required_features(target)
+    return target.get("kind") == "llvm" and bool({"amx_int8", "amx_bf16"} & required_features(target))

@@ -1,0 +1,137 @@
+"""bf16 ops: conv2d_bf16 and matmul_bf16 (f32 input rounded to bf16, bf16 weight, f32 sums and result).
+
+On AMX-BF16 targets they run on tiles (``amx.py`` with ``amx.BF16``): the input rounded to bf16 bits (u16) and
+laid out as the tiles read it in the same pass — padded NHWC for a convolution (whose result is NHWC f32, so
+a residual add or relu after it stays NHWC), rows padded to 32 for a matmul — weights packed at compile time,
+bias and relu in the epilogue. Elsewhere the generic kernels compute the same products in f32 (a bf16 x bf16
+product is exact in f32): the input rounded to bf16 values, the weight as f32, the float convolution or
+matmul. ``kernels.py`` decides which applies.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import amx
+from .lowering import rule
+
+
+def bf16_bits(tir, v):
+    """The bf16 bits (u16) of f32 ``v``, rounded to nearest, ties to even (as ml_dtypes); a NaN stays a (quiet)
+    NaN, a finite value past bf16's range becomes an infinity."""
+    u = tir.reinterpret("uint32", v)
+    rounded = (u + tir.const(0x7FFF, "uint32") + ((u >> tir.const(16, "uint32")) & tir.const(1, "uint32"))) \
+        >> tir.const(16, "uint32")
+    nan = (u & tir.const(0x7FFFFFFF, "uint32")) > tir.const(0x7F800000, "uint32")
+    quiet = (u >> tir.const(16, "uint32")) | tir.const(0x40, "uint32")
+    return tir.Cast("uint16", tir.if_then_else(nan, quiet, rounded))
+
+
+def bf16_round(tir, v):
+    """f32 ``v`` rounded to a bf16 value, as f32."""
+    return tir.reinterpret("float32", tir.Cast("uint32", bf16_bits(tir, v)) << tir.const(16, "uint32"))
+
+
+def weight_bits(op) -> np.ndarray:
+    """The op's bf16 weight as its uint16 bits."""
+    return np.ascontiguousarray(op.operands[1].const_value).view(np.uint16)
+
+
+def _bias(op, n: int, size: int) -> np.ndarray:
+    b = np.zeros(size, np.float32)
+    if len(op.operands) > 2:
+        b[:n] = op.operands[2].const_value.astype(np.float32).reshape(-1)
+    return b
+
+
+def _relu(op) -> bool:
+    return op.attrs["activation"] == "relu"
+
+
+# -- AMX-BF16 -------------------------------------------------------------------------------------------------------
+def _padded_bits(L, op, p):
+    """The conv's f32 input (NCHW, or NHWC where it already is) rounded to bf16 bits, zero-padded and laid out
+    NHWC [n, hp, wp, cpix]; channels past the input's are 0 (they weigh 0 too)."""
+    x_nhwc = L.is_nhwc(op.operands[0])
+    x = L.get_nhwc(op.operands[0]) if x_nhwc else L.get(op.operands[0])
+    n, c, h, wd = op.operands[0].type.shape
+    pt, pl = op.attrs["pads"][:2]
+    te, tir = L.te, L.tir
+
+    def fn(X):
+        def at(i, y, z, k):
+            yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
+            v = X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz]
+            return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl), bf16_bits(tir, v),
+                                    tir.const(0, "uint16"))
+        return te.compute((n, p.hp, p.wp, p.cpix), at, name="bf16_nhwc")
+    return L.te_(fn, x, name="lowbit_bf16_input")
+
+
+def conv2d_amx(L, op):
+    """conv2d_bf16 (groups 1) on AMX-BF16 tiles; the result is NHWC f32."""
+    a = op.attrs
+    xt, rt = op.operands[0].type, op.result.type
+    n, c, h, wd = xt.shape
+    o, _, kh, kw = op.operands[1].type.shape
+    _, _, oh, ow = rt.shape
+    p = amx.Plan(c, h, wd, oh, ow, kh, kw, a["pads"], a["strides"], a["dilations"], amx.BF16)
+    func = amx.conv_func(n, p, o, kh, oh, ow, a["strides"], a["dilations"], nhwc=True,
+                         tasks=L.knob("amx_tasks", op), relu=_relu(op))
+    o16 = (o + 15) // 16 * 16
+    args = [_padded_bits(L, op, p), L.const(p.pack_weights(weight_bits(op))), L.const(_bias(op, o, o16))]
+    return L.call_tir(func, "lowbit_conv2d_bf16_amx", args, (n, oh, ow, o), "float32")
+
+
+def matmul_amx(L, op):
+    """matmul_bf16 on AMX-BF16 tiles: the input's rows rounded to bf16 bits, padded to kp (a multiple of 32)
+    columns and, between 17 and 31 rows, to 32 rows (zeros weigh 0)."""
+    xt, rt = op.operands[0].type, op.result.type
+    k, nn = op.operands[1].type.shape
+    shape = xt.shape
+    m = int(np.prod(shape[:-1]))
+    mp = m if m <= 16 or m >= 32 else 32
+    kp = -(-k // amx.BF16.k) * amx.BF16.k
+    te, tir = L.te, L.tir
+
+    def fn(X):
+        def at(i, j):
+            v = X[tuple(amx.unravel(tir.min(i, m - 1), shape[:-1])) + (tir.min(j, k - 1),)]
+            return tir.if_then_else(tir.all(i < m, j < k), bf16_bits(tir, v), tir.const(0, "uint16"))
+        return te.compute((mp, kp), at, name="bf16_rows")
+    rows = L.te_(fn, L.get(op.operands[0]), name="lowbit_bf16_rows")
+    func = amx.matmul_func((mp, kp), rt.shape, mp, kp, nn, False, True, tasks=L.knob("amx_tasks", op),
+                           dot=amx.BF16, relu=_relu(op))
+    args = [rows, L.const(amx.pack_matmul_weights(weight_bits(op), kp, amx.BF16)), L.const(_bias(op, nn, nn))]
+    return L.call_tir(func, "lowbit_matmul_bf16_amx", args, rt.shape, "float32")
+
+
+# -- generic: the same products in f32 --------------------------------------------------------------------------------
+def _rounded(L, x):
+    return L.te_(lambda X: L.te.compute(X.shape, lambda *i: bf16_round(L.tir, X[i]), name="bf16_round"), x,
+                 name="lowbit_bf16_round")
+
+
+def _activate(L, op, y):
+    return L.R.nn.relu(L.emit(y)) if _relu(op) else y
+
+
+@rule("conv2d_bf16")
+def _conv2d_bf16(L, op, x, w, b=None):
+    a = op.attrs
+    wf = L.const(op.operands[1].const_value.astype(np.float32))
+    y = L.R.nn.conv2d(_rounded(L, x), wf, strides=a["strides"], padding=a["pads"], dilation=a["dilations"],
+                      groups=a["groups"])
+    if b is not None:
+        y = L.R.add(L.emit(y), L.R.reshape(b, [1, -1, 1, 1]))
+    return _activate(L, op, y)
+
+
+@rule("matmul_bf16")
+def _matmul_bf16(L, op, x, w, b=None):
+    y = L.R.matmul(_rounded(L, x), L.const(op.operands[1].const_value.astype(np.float32)))
+    if b is not None:
+        y = L.R.add(L.emit(y), b)
+    return _activate(L, op, y)
+
+
+__all__ = ["bf16_bits", "bf16_round", "conv2d_amx", "matmul_amx", "weight_bits"]
