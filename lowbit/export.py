@@ -8,6 +8,7 @@ into integer kernels:
                                    units of sx * sw) -> Conv [-> Relu] -> QuantizeLinear(sy, zy)
     qmatmul(xq, wq, b)          -> the same around MatMul + Add
     qmatmul_dynamic (per tensor) -> DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(sx * sw) [-> Add(b)]
+    conv2d_bf16 / matmul_bf16   -> Cast(Cast(x, bf16), f32), Cast(w, f32) -> Conv / MatMul [+ Add] [-> Relu]
     quantize / dequantize       -> QuantizeLinear / DequantizeLinear (per tensor or per axis)
     requantize                  -> DequantizeLinear -> QuantizeLinear
 
@@ -190,6 +191,28 @@ def _qmatmul_dynamic(w, op, ins, out):
     y = w.node("Mul", [w.node("Cast", [acc], to=onnx.TensorProto.FLOAT), scale], None if has_bias else [out])
     if has_bias:
         w.node("Add", [y, ins[2]], [out])
+
+
+@exporter("conv2d_bf16", "matmul_bf16")
+def _bf16(w, op, ins, out):
+    """x rounded through a bf16 Cast, the bf16 weight cast to f32 (exactly), then the f32 Conv / MatMul: the
+    products of bf16 values are exact in f32, as the op defines."""
+    import onnx
+
+    f32, bf16 = onnx.TensorProto.FLOAT, onnx.TensorProto.BFLOAT16
+    a = op.attrs
+    relu = a["activation"] == "relu"
+    x = w.node("Cast", [w.node("Cast", [ins[0]], to=bf16)], to=f32)
+    wf = w.node("Cast", [ins[1]], to=f32)
+    if op.opname == "conv2d_bf16":
+        y = w.node("Conv", [x, wf] + ins[2:], None if relu else [out], kernel_shape=list(op.operands[1].type.shape[2:]),
+                   strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])
+    else:
+        y = w.node("MatMul", [x, wf], None if relu or len(ins) > 2 else [out])
+        if len(ins) > 2:
+            y = w.node("Add", [y, ins[2]], None if relu else [out])
+    if relu:
+        w.node("Relu", [y], [out])
 
 
 @exporter("conv2d")

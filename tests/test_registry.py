@@ -12,7 +12,8 @@ from lowbit.ir.registry import TRAITS, has_trait, ops_with
 from test_interp_vs_onnxruntime import CASES, _inputs_order
 
 _rng = np.random.default_rng(0)
-# Graphs of ops no single ONNX node of that table imports to (passes create requantize); the integer conv/matmul
+# Graphs of ops no single ONNX node of that table imports to (passes create requantize and the bf16 ops); the
+# integer conv/matmul
 # kernels are exported and checked against onnxruntime end to end in tests/test_quantize.py.
 IR_CASES = [
     ("requantize", 'graph @g(%x: tensor<2x3xi8, q<0.5:-3>>) {\n  %0 = requantize(%x) : tensor<2x3xu8, q<0.25:128>>\n'
@@ -20,6 +21,17 @@ IR_CASES = [
     ("requantize-axis", 'graph @g(%x: tensor<2x3xu8, q<0.1:10>>) {\n'
                         '  %0 = requantize(%x) : tensor<2x3xi8, q<axis=1, [0.2:0, 0.05:-5, 1.0:1]>>\n'
                         '  return %0 as "y"\n}\n', {"x": np.array([[0, 9, 10], [11, 128, 255]], np.uint8)}),
+    # the bf16 ops, which only the to-bf16 pass creates
+    ("conv2d_bf16", 'graph @g(%x: tensor<1x2x3x3xf32>) {\n'
+                    '  %0 = const dense<[1.0, -0.5, 0.25, 2.0, 0.375, -1.5, 0.125, 3.0]> : tensor<2x2x1x2xbf16>\n'
+                    '  %1 = const dense<[0.1, -0.2]> : tensor<2xf32>\n'
+                    '  %2 = conv2d_bf16(%x, %0, %1) {activation = "relu", pads = [0, 1, 0, 0]} : tensor<1x2x3x3xf32>\n'
+                    '  return %2 as "y"\n}\n', {"x": _rng.normal(size=(1, 2, 3, 3)).astype(np.float32)}),
+    ("matmul_bf16", 'graph @g(%x: tensor<2x3x4xf32>) {\n'
+                    '  %0 = const dense<[1.0, -0.5, 0.25, 2.0, 0.375, -1.5, 0.125, 3.0]> : tensor<4x2xbf16>\n'
+                    '  %1 = const dense<[0.1, -0.2]> : tensor<2xf32>\n'
+                    '  %2 = matmul_bf16(%x, %0, %1) : tensor<2x3x2xf32>\n'
+                    '  return %2 as "y"\n}\n', {"x": _rng.normal(size=(2, 3, 4)).astype(np.float32)}),
     # the onnxruntime table imports Max of three operands as two max ops
     ("max", 'graph @g(%a: tensor<3x4xf32>, %b: tensor<4xf32>) {\n  %0 = max(%a, %b) : tensor<3x4xf32>\n'
             '  return %0 as "y"\n}\n', {"a": _rng.normal(size=(3, 4)).astype(np.float32),
@@ -104,11 +116,11 @@ def test_frontend_imports_these_onnx_ops():
 
 
 def test_frontend_reaches_every_op_passes_do_not_create():
-    """Every registered op but those the passes create (integer kernels, requantize) is what some ONNX node of
-    the onnxruntime table imports to."""
+    """Every registered op but those the passes create (integer kernels, requantize, the bf16 ops) is what some
+    ONNX node of the onnxruntime table imports to."""
     ir_cases = {c[0] for c in IR_CASES}
     reached = {op.opname for name, g, _ in GRAPHS if name not in ir_cases for op in g.ops}
-    assert set(all_ops()) - reached == ops_with("integer_kernel") | {"requantize"}
+    assert set(all_ops()) - reached == ops_with("integer_kernel") | {"requantize", "conv2d_bf16", "matmul_bf16"}
 
 
 # -- traits -----------------------------------------------------------------------------------------------------
