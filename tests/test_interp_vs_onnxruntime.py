@@ -191,6 +191,12 @@ CASES += [
 ]
 
 
+import cases_math  # noqa: E402  (the ops added for issue 14)
+import cases_tensor  # noqa: E402
+
+CASES += cases_math.CASES + cases_tensor.CASES
+
+
 def _inputs_order(inputs, consts, op_type):
     order = list(inputs) + list(consts)
     if op_type == "Where":

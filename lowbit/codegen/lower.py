@@ -13,7 +13,7 @@ import re
 
 from ..errors import LowbitError
 from ..ir.graph import Graph
-from . import layout, ops_bf16, ops_elementwise, ops_int, ops_nn, ops_shape  # noqa: F401  (rule registration)
+from . import layout, ops_bf16, ops_elementwise, ops_int, ops_math, ops_nn, ops_shape, ops_tensor  # noqa: F401  (rules)
 from .config import CodegenConfig
 from .kernels import TABLE, choose
 from .lowering import REFUSED, RULES, SUPPORTED_DTYPES, Lowerer, np_dtype

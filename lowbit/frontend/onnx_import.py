@@ -18,7 +18,7 @@ from ..ir.graph import Graph
 from ..ir.types import TensorType
 # Importing the op-family modules registers their converters; the order is the original file's, so
 # CONVERTERS lists the ops in the same order as before the split.
-from . import onnx_elementwise, onnx_shape, onnx_nn, onnx_quant  # noqa: F401,I001
+from . import onnx_elementwise, onnx_shape, onnx_nn, onnx_quant, onnx_math, onnx_tensor  # noqa: F401,I001
 from .onnx_ctx import CONVERTERS, Ctx, NodeError, onnx_dtype
 
 MIN_OPSET, MAX_OPSET = 9, 22

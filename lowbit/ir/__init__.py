@@ -7,6 +7,7 @@ from .parser import parse
 from .printer import print_graph
 from .registry import all_ops, schema
 from .types import Encoding, QuantParams, TensorType
+from . import ops_math, ops_tensor  # noqa: F401,E402  (schemas and references of more ops)
 
 __all__ = ["dtypes", "DType", "Graph", "Op", "Value", "interpret", "parse", "print_graph", "all_ops", "schema",
            "Encoding", "QuantParams", "TensorType"]
