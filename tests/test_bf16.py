@@ -186,3 +186,20 @@ def test_bf16_model_close_to_f32():
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-6)
     cos = float(np.dot(ref.ravel(), f32.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(f32)))
     assert cos >= 0.999, cos
+
+
+@pytest.mark.parametrize("name", ["resnet18", "encoder"])
+def test_bf16_zoo_close_to_f32(name):
+    """ResNet-18 (56x56) and the encoder through the bf16 preset, in the interpreter: cosine to f32 >= 0.999."""
+    import model_zoo as zoo
+
+    model, inputs = zoo.resnet18(56) if name == "resnet18" else zoo.encoder(seq=32)
+    shapes = {k: v.shape for k, v in inputs.items()} if name == "encoder" else None
+    src = lowbit.load(model, shapes=shapes)
+    g = lowbit.run_passes(src, "bf16")
+    assert g.op_counts().get("conv2d_bf16", 0) + g.op_counts().get("matmul_bf16", 0) > 0
+    for k, want in lowbit.interpret(src, inputs).items():
+        got = lowbit.interpret(g, inputs)[k].astype(np.float64).ravel()
+        want = want.astype(np.float64).ravel()
+        cos = float(np.dot(got, want) / (np.linalg.norm(got) * np.linalg.norm(want)))
+        assert cos >= 0.999, (k, cos)
