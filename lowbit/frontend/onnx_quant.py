@@ -61,3 +61,33 @@ def _dequantize(c: Ctx):
         raise NodeError(f"input '{c.node.input[0]}' is not quantized with this node's scale and zero point "
                         "(only DequantizeLinear of a constant or of a matching QuantizeLinear is supported)")
     return c.op("dequantize", [x])
+
+
+@converter("com.microsoft.DynamicQuantizeMatMul")
+def _dynamic_quantize_matmul(c: Ctx):
+    """x quantized at run time to u8 (onnxruntime's DynamicQuantizeLinear, one scale per tensor) times a constant
+    i8 weight with zero point 0: ``qmatmul_dynamic`` without per-row scales; a bias input stays a float add."""
+    c.attrs()
+    x = c.need(0, "A")
+    w = np.asarray(c.const(1, "B"))
+    scale = np.asarray(c.const(2, "b_scale")).astype(np.float32)
+    zp = c.const(3, "b_zero_point")
+    if x.type.dtype != dt.f32:
+        raise NodeError(f"input A of {x.type.dtype.name} is not supported (f32 is)")
+    if w.dtype != np.int8 or w.ndim != 2:
+        raise NodeError(f"weight B must be a 2-D int8 constant, got {w.dtype} {list(w.shape)} (lowbit's integer "
+                        "matmul needs i8 weights with zero point 0)")
+    if zp is not None and np.any(np.asarray(zp) != 0):
+        raise NodeError("a weight zero point other than 0 is not supported (lowbit's integer matmul needs i8 "
+                        "weights with zero point 0)")
+    n = w.shape[1]
+    if scale.size == 1:
+        q = QuantParams((float(scale.reshape(-1)[0]),), (0,))
+    elif scale.shape in ((n,), (1, n)):
+        q = QuantParams(tuple(float(v) for v in scale.reshape(-1)), (0,) * n, 1)
+    else:
+        raise NodeError(f"b_scale of shape {list(scale.shape)} is not per tensor or per column of B {list(w.shape)}")
+    wv = c.const_value(w, type=TensorType(w.shape, dt.i8, q))
+    y = c.op("qmatmul_dynamic", [x, wv], {"per_row": False})
+    b = c.inp(4)
+    return y if b is None else c.op("add", [y, b])
