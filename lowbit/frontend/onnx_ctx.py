@@ -4,6 +4,7 @@ the ``converter`` decorator and its ``CONVERTERS`` table, and small helpers the 
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -22,6 +23,15 @@ _ONNX_DTYPES = {1: dt.f32, 2: dt.u8, 3: dt.i8, 5: dt.i16, 6: dt.i32, 7: dt.i64, 
 _ONNX_DTYPE_NAMES = {0: "UNDEFINED", 4: "UINT16", 8: "STRING", 12: "UINT32", 13: "UINT64", 14: "COMPLEX64",
                      15: "COMPLEX128", 18: "FLOAT8E4M3FNUZ", 20: "FLOAT8E5M2FNUZ", 23: "FLOAT4E2M1"}
 
+# Bits per element of each type above (the 4-bit ones pack two elements a byte), and the TensorProto field
+# that holds its data when there is no raw_data.
+_ONNX_BITS = {1: 32, 2: 8, 3: 8, 5: 16, 6: 32, 7: 64, 9: 8, 10: 16, 11: 64, 16: 16, 17: 8, 19: 8, 21: 4, 22: 4}
+_DATA_FIELD = {1: "float_data", 7: "int64_data", 11: "double_data"}  # every other type above: int32_data
+_DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+# The most elements one tensor may have: lowbit's kernels index with 32-bit integers. A model asking for more
+# (a corrupted dimension, usually) is refused before anything is allocated.
+MAX_ELEMENTS = 2**31 - 1
+
 # Ops that are never evaluated at import even when their operands are constant: folding a dequantize of an
 # int8 weight would throw away the quantization the model asks for.
 
@@ -34,6 +44,65 @@ def onnx_dtype(code: int, what: str) -> DType:
     if code in _ONNX_DTYPES:
         return _ONNX_DTYPES[code]
     raise NodeError(f"{what} has ONNX element type {_ONNX_DTYPE_NAMES.get(code, code)}, which lowbit does not support")
+
+
+def check_size(shape, what: str) -> int:
+    """The element count of ``shape``; a negative dimension or more than ``MAX_ELEMENTS`` is refused."""
+    dims = [int(d) for d in shape]
+    if any(d < 0 for d in dims):
+        raise NodeError(f"{what} has a negative dimension in shape {dims}")
+    n = math.prod(dims)
+    if n > MAX_ELEMENTS:
+        raise NodeError(f"{what} has shape {dims}, {n} elements: more than lowbit's limit of {MAX_ELEMENTS}")
+    return n
+
+
+def check_tensor(t, what: str) -> None:
+    """Check a TensorProto before decoding it: a known element type, sane dims, and exactly as much data as
+    the dims need (raw_data bytes or the typed field's count); nothing is allocated."""
+    from onnx import TensorProto
+
+    dtype = onnx_dtype(t.data_type, what)
+    n = check_size(t.dims, what)
+    if t.data_location == TensorProto.EXTERNAL:
+        raise NodeError(f"{what} keeps its data in an external file; load the model from its path")
+    if t.HasField("segment"):
+        raise NodeError(f"{what} is a segment of a larger tensor, which lowbit does not support")
+    bits = _ONNX_BITS[t.data_type]
+    if t.HasField("raw_data"):
+        need = (n * bits + 7) // 8
+        if len(t.raw_data) != need:
+            raise NodeError(f"{what} has {len(t.raw_data)} bytes of raw data, but {n} {dtype} element(s) of dims "
+                            f"{list(t.dims)} need {need}")
+        return
+    field = _DATA_FIELD.get(t.data_type, "int32_data")
+    count = len(getattr(t, field))
+    need = (n + 1) // 2 if bits == 4 else n
+    if count != need:
+        others = [f for f in _DATA_FIELDS if f != field and len(getattr(t, f))]
+        if count == 0 and others:
+            raise NodeError(f"{what} of type {dtype} holds its data in {others[0]}, expected {field} or raw_data")
+        raise NodeError(f"{what} has {count} value(s) in {field}, but its dims {list(t.dims)} need {need}")
+
+
+def decode_tensor(t, what: str) -> np.ndarray:
+    """A checked TensorProto as a numpy array of its dims."""
+    from onnx import numpy_helper
+
+    check_tensor(t, what)
+    try:
+        arr = numpy_helper.to_array(t)
+    except (ValueError, TypeError, KeyError, IndexError, OverflowError) as e:
+        raise NodeError(f"{what} cannot be decoded: {one_line(e)}") from None
+    if arr.shape != tuple(t.dims):
+        raise NodeError(f"{what} decodes to shape {list(arr.shape)}, its dims say {list(t.dims)}")
+    return arr
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    text = " ".join(str(e).split())
+    return text or type(e).__name__
 
 
 class Ctx:
@@ -92,18 +161,23 @@ class Ctx:
     def op_multi(self, opname: str, operands, attrs=None, result_types=None) -> list[Value]:
         try:
             op = self.graph.create(opname, operands, attrs or {}, result_types, loc=self.node.name or None)
-        except ValueError as e:
-            raise NodeError(str(e)) from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+            raise NodeError(one_line(e)) from None
         if not has_trait(opname, "no_fold") and all(v.is_const for v in operands) and operands:
             return self.fold(op)
         return op.results
 
     def fold(self, op) -> list[Value]:
         """Evaluate an op whose operands are all constant and replace it by constants."""
+        for r in op.results:
+            check_size(r.type.shape, f"the {op.opname} result")
         try:
-            vals = evaluate_op(op, [v.const_value for v in op.operands])
+            with np.errstate(all="ignore"):
+                vals = evaluate_op(op, [v.const_value for v in op.operands])
         except LowbitError as e:
-            raise NodeError(str(e)) from None
+            raise NodeError(one_line(e)) from None
+        except (ValueError, TypeError, IndexError, KeyError, OverflowError, ZeroDivisionError) as e:
+            raise NodeError(f"evaluating {op.opname} on the constant operands failed: {one_line(e)}") from None
         new = [self.graph.const(a, loc=op.loc, type=r.type) for a, r in zip(vals, op.results)]
         self.graph.replace_op(op, new)
         return new
