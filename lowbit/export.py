@@ -367,6 +367,61 @@ def _resize(w, op, ins, out):
            coordinate_transformation_mode=a["coordinate_transformation_mode"], nearest_mode=a["nearest_mode"])
 
 
+# -- math ops (issue 14) --
+_MATH_SAME = {"sinh": "Sinh", "cosh": "Cosh", "tan": "Tan", "asin": "Asin", "acos": "Acos", "atan": "Atan",
+              "asinh": "Asinh", "acosh": "Acosh", "atanh": "Atanh", "is_nan": "IsNaN"}
+
+
+@exporter(*_MATH_SAME)
+def _math_same(w, op, ins, out):
+    w.node(_MATH_SAME[op.opname], ins, [out])
+
+
+@exporter("mod")
+def _mod(w, op, ins, out):
+    w.node("Mod", ins, [out], fmod=int(op.attrs["fmod"]))
+
+
+@exporter("bit_shift")
+def _bit_shift(w, op, ins, out):
+    w.node("BitShift", ins, [out], direction=op.attrs["direction"].upper())
+
+
+@exporter("cumsum")
+def _cumsum(w, op, ins, out):
+    a = op.attrs
+    w.node("CumSum", [ins[0], w.init(np.int64(a["axis"]), "axis")], [out], exclusive=int(a["exclusive"]),
+           reverse=int(a["reverse"]))
+
+
+# -- tensor ops (issue 14) --
+@exporter("topk")
+def _topk(w, op, ins, out):
+    a = op.attrs
+    w.node("TopK", [ins[0], _ints(w, [a["k"]], "k")], [out, w.name(op.results[1])], axis=a["axis"],
+           largest=int(a["largest"]), sorted=1)
+
+
+@exporter("gather_nd")
+def _gather_nd(w, op, ins, out):
+    w.node("GatherND", ins, [out], batch_dims=op.attrs["batch_dims"])
+
+
+@exporter("scatter_nd", "scatter_elements")
+def _scatter(w, op, ins, out):
+    axis = {"axis": op.attrs["axis"]} if op.opname == "scatter_elements" else {}
+    w.node("ScatterND" if op.opname == "scatter_nd" else "ScatterElements", ins, [out],
+           reduction=op.attrs["reduction"], **axis)
+
+
+@exporter("max_pool2d_indices")
+def _max_pool2d_indices(w, op, ins, out):  # MaxPool's second output; its values are not used
+    a = op.attrs
+    w.node("MaxPool", ins, [w.fresh("max_pool_values"), out], kernel_shape=list(a["kernel"]),
+           strides=list(a["strides"]), pads=list(a["pads"]), dilations=list(a["dilations"]),
+           ceil_mode=int(a["ceil_mode"]), storage_order=a["storage_order"])
+
+
 def to_onnx_qdq(graph: Graph):
     """The graph as an ``onnx.ModelProto`` (opset 20, QDQ form); an op it does not write exactly is refused by
     name, with the reason."""

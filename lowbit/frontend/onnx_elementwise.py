@@ -118,6 +118,10 @@ def _dropout(c: Ctx):
         ratio = c.const(1, "ratio", 0.5)
         if c.inp(2) is not None and bool(c.const(2, "training_mode")):
             raise NodeError("Dropout in training mode is not supported (inference only)")
+    x = c.need(0, "data")
+    y = c.op("dropout", [x], {"ratio": float(ratio)})
     if len(c.node.output) > 1 and c.node.output[1]:
-        raise NodeError("Dropout's mask output is not supported")
-    return c.op("dropout", [c.need(0, "data")], {"ratio": float(ratio)})
+        if c.opset < 10:  # a mask of the input's type, which the old specs do not define in inference mode
+            raise NodeError("Dropout's mask output before opset 10 is not supported")
+        return [y, c.const_value(np.ones(x.type.shape, bool))]  # inference: every element kept
+    return y

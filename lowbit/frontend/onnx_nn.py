@@ -1,10 +1,12 @@
 """ONNX converters for neural-network ops: reductions, ArgMax, Softmax/LogSoftmax, Layer/Batch
-normalisation and LRN; MatMul and Gemm; Conv, ConvTranspose and pooling.
+normalisation and LRN; MatMul and Gemm; Conv, ConvTranspose and pooling (1-D forms as the 2-D ops over a
+unit height).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..ir import dtypes as dt
 from ..ir.graph import Value
 from .onnx_ctx import Ctx, NodeError, converter, ints, norm_axis, reshape_to
 
@@ -56,11 +58,22 @@ def _softmax(c: Ctx):
 @converter("LayerNormalization")
 def _layer_norm(c: Ctx):
     a = c.attrs(axis=-1, epsilon=1e-5, stash_type=1)
-    if any(o for o in c.node.output[1:]):
-        raise NodeError("the Mean and InvStdDev outputs are not supported")
     x = c.need(0, "X")
+    ax = norm_axis(a["axis"], x.type.rank)
     ops = [x, c.need(1, "Scale")] + ([c.inp(2)] if c.inp(2) is not None else [])
-    return c.op("layer_norm", ops, {"axis": norm_axis(a["axis"], x.type.rank), "epsilon": a["epsilon"]})
+    y = c.op("layer_norm", ops, {"axis": ax, "epsilon": a["epsilon"]})
+    if not any(o for o in c.node.output[1:]):
+        return y
+    if a["stash_type"] != 1 or x.type.dtype != dt.f32:
+        raise NodeError(f"the Mean and InvStdDev outputs need an f32 input and stash_type 1, got "
+                        f"{x.type.dtype.name} and {a['stash_type']}")
+    # Mean and InvStdDev as layer_norm's reference computes them: mean, then the mean of squared deviations
+    axes = tuple(range(ax, x.type.rank))
+    mean = c.op("reduce_mean", [x], {"axes": axes, "keepdims": True})
+    d = c.op("sub", [x, mean])
+    var = c.op("reduce_mean", [c.op("mul", [d, d])], {"axes": axes, "keepdims": True})
+    eps = c.const_value(np.float32(a["epsilon"]))
+    return [y, mean, c.op("reciprocal", [c.op("sqrt", [c.op("add", [var, eps])])])]
 
 
 @converter("BatchNormalization")
@@ -99,13 +112,14 @@ def _gemm(c: Ctx):
 
 def _spatial_pads(c: Ctx, a, in_hw, kernel, strides, dilations):
     auto = a.get("auto_pad", "NOTSET")
+    nd = len(in_hw)
     if auto in ("NOTSET", ""):
-        pads = a["pads"] if a["pads"] is not None else [0] * 4
-        if len(pads) != 4:
-            raise NodeError(f"pads {pads} should have 4 values")
+        pads = a["pads"] if a["pads"] is not None else [0] * 2 * nd
+        if len(pads) != 2 * nd:
+            raise NodeError(f"pads {pads} should have {2 * nd} values")
         return tuple(pads)
     if auto == "VALID":
-        return (0, 0, 0, 0)
+        return (0,) * 2 * nd
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         begin, end = [], []
         for size, k, s, d in zip(in_hw, kernel, strides, dilations):
@@ -118,57 +132,112 @@ def _spatial_pads(c: Ctx, a, in_hw, kernel, strides, dilations):
     raise NodeError(f"auto_pad '{auto}' is not supported")
 
 
-def _need_2d(x: Value):
-    if x.type.rank != 4:
-        raise NodeError(f"only 2-D spatial inputs (NCHW) are supported, got shape {x.type.shape}")
+def _spatial_rank(x: Value) -> int:
+    """1 or 2: the number of spatial dimensions; 1-D ops run as the 2-D ops over a unit height."""
+    if x.type.rank not in (3, 4):
+        raise NodeError(f"only 1-D and 2-D spatial inputs (NCW, NCHW) are supported, got shape {x.type.shape}")
+    return x.type.rank - 2
+
+
+def _unit_height(c: Ctx, x: Value) -> Value:
+    """[N, C, W] as [N, C, 1, W]."""
+    s = x.type.shape
+    return reshape_to(c, x, s[:2] + (1,) + s[2:])
+
+
+def _geometry(a, nd: int, keys=("strides", "dilations")) -> dict:
+    """The 2-D form of per-spatial-axis attributes: a 1-D value v becomes (1, v); absent ones default to 1."""
+    out = {}
+    for k in keys:
+        v = tuple(a[k]) if a.get(k) is not None else (1,) * nd
+        if len(v) != nd:
+            raise NodeError(f"{k} {list(v)} should have {nd} value{'s' if nd > 1 else ''}")
+        out[k] = (1,) + v if nd == 1 else v
+    return out
+
+
+def _pads_2d(pads, nd: int):
+    return (0, pads[0], 0, pads[1]) if nd == 1 else tuple(pads)
+
+
+def _squeeze_height(c: Ctx, y: Value, nd: int) -> Value:
+    if nd == 2:
+        return y
+    s = y.type.shape
+    return reshape_to(c, y, s[:2] + s[3:])
 
 
 @converter("Conv")
 def _conv(c: Ctx):
-    a = c.attrs(kernel_shape=None, strides=[1, 1], pads=None, dilations=[1, 1], group=1, auto_pad="NOTSET")
+    a = c.attrs(kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET")
     x, w = c.need(0, "X"), c.need(1, "W")
-    _need_2d(x)
-    pads = _spatial_pads(c, a, x.type.shape[2:], w.type.shape[2:], a["strides"], a["dilations"])
+    nd = _spatial_rank(x)
+    if w.type.rank != nd + 2:
+        raise NodeError(f"weight shape {w.type.shape} does not match a {nd}-D convolution")
+    g = _geometry(a, nd)
+    pads = _spatial_pads(c, a, x.type.shape[2:], w.type.shape[2:], g["strides"][-nd:], g["dilations"][-nd:])
+    if nd == 1:
+        x, w = _unit_height(c, x), _unit_height(c, w)
     ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
-    return c.op("conv2d", ops, {"strides": tuple(a["strides"]), "pads": pads, "dilations": tuple(a["dilations"]),
-                                "groups": a["group"]})
+    y = c.op("conv2d", ops, {"strides": g["strides"], "pads": _pads_2d(pads, nd), "dilations": g["dilations"],
+                             "groups": a["group"]})
+    return _squeeze_height(c, y, nd)
 
 
 @converter("ConvTranspose")
 def _conv_transpose(c: Ctx):
-    a = c.attrs(kernel_shape=None, strides=[1, 1], pads=None, dilations=[1, 1], group=1, auto_pad="NOTSET",
-                output_padding=[0, 0], output_shape=None)
+    a = c.attrs(kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET",
+                output_padding=None, output_shape=None)
     if a["output_shape"] is not None:
         raise NodeError("attribute 'output_shape' is not supported (give pads and output_padding)")
     if a["auto_pad"] not in ("NOTSET", ""):
         raise NodeError(f"auto_pad '{a['auto_pad']}' is not supported")
     x, w = c.need(0, "X"), c.need(1, "W")
-    _need_2d(x)
+    nd = _spatial_rank(x)
+    if w.type.rank != nd + 2:
+        raise NodeError(f"weight shape {w.type.shape} does not match a {nd}-D transposed convolution")
+    g = _geometry(a, nd)
+    pads = tuple(a["pads"]) if a["pads"] is not None else (0,) * 2 * nd
+    if len(pads) != 2 * nd:
+        raise NodeError(f"pads {list(pads)} should have {2 * nd} values")
+    out_pad = tuple(a["output_padding"]) if a["output_padding"] is not None else (0,) * nd
+    if len(out_pad) != nd:
+        raise NodeError(f"output_padding {list(out_pad)} should have {nd} value{'s' if nd > 1 else ''}")
+    if nd == 1:
+        x, w, out_pad = _unit_height(c, x), _unit_height(c, w), (0,) + out_pad
     ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
-    return c.op("conv_transpose2d", ops, {
-        "strides": tuple(a["strides"]), "pads": tuple(a["pads"] or (0, 0, 0, 0)),
-        "dilations": tuple(a["dilations"]), "groups": a["group"], "output_padding": tuple(a["output_padding"])})
+    y = c.op("conv_transpose2d", ops, {
+        "strides": g["strides"], "pads": _pads_2d(pads, nd), "dilations": g["dilations"], "groups": a["group"],
+        "output_padding": out_pad})
+    return _squeeze_height(c, y, nd)
 
 
 @converter("MaxPool", "AveragePool")
 def _pool(c: Ctx):
     is_max = c.node.op_type == "MaxPool"
-    extra = {"dilations": [1, 1], "storage_order": 0} if is_max else {"count_include_pad": 0, "dilations": [1, 1]}
-    a = c.attrs(kernel_shape=None, strides=[1, 1], pads=None, ceil_mode=0, auto_pad="NOTSET", **extra)
-    if is_max and len(c.node.output) > 1 and c.node.output[1]:
-        raise NodeError("MaxPool's Indices output is not supported")
+    extra = {"dilations": None, "storage_order": 0} if is_max else {"count_include_pad": 0, "dilations": None}
+    a = c.attrs(kernel_shape=None, strides=None, pads=None, ceil_mode=0, auto_pad="NOTSET", **extra)
     x = c.need(0, "X")
-    _need_2d(x)
-    k = a["kernel_shape"]
-    if not is_max and tuple(a["dilations"]) != (1, 1):
+    nd = _spatial_rank(x)
+    if a["kernel_shape"] is None or len(a["kernel_shape"]) != nd:
+        raise NodeError(f"kernel_shape {a['kernel_shape']} should have {nd} value{'s' if nd > 1 else ''}")
+    g = _geometry(a, nd)
+    if not is_max and any(d != 1 for d in g["dilations"]):
         raise NodeError("AveragePool with dilations is not supported")
-    pads = _spatial_pads(c, a, x.type.shape[2:], k, a["strides"], a["dilations"])
-    attrs = {"kernel": tuple(k), "strides": tuple(a["strides"]), "pads": pads, "ceil_mode": bool(a["ceil_mode"])}
-    if is_max:
-        attrs["dilations"] = tuple(a["dilations"])
-        return c.op("max_pool2d", [x], attrs)
-    attrs["count_include_pad"] = bool(a["count_include_pad"])
-    return c.op("avg_pool2d", [x], attrs)
+    k = a["kernel_shape"]
+    pads = _spatial_pads(c, a, x.type.shape[2:], k, g["strides"][-nd:], g["dilations"][-nd:])
+    x4 = _unit_height(c, x) if nd == 1 else x
+    attrs = {"kernel": (1,) * (2 - nd) + tuple(k), "strides": g["strides"], "pads": _pads_2d(pads, nd),
+             "ceil_mode": bool(a["ceil_mode"])}
+    if not is_max:
+        attrs["count_include_pad"] = bool(a["count_include_pad"])
+        return _squeeze_height(c, c.op("avg_pool2d", [x4], attrs), nd)
+    attrs["dilations"] = g["dilations"]
+    y = _squeeze_height(c, c.op("max_pool2d", [x4], attrs), nd)
+    if len(c.node.output) < 2 or not c.node.output[1]:
+        return y
+    idx = c.op("max_pool2d_indices", [x4], dict(attrs, storage_order=a["storage_order"]))
+    return [y, _squeeze_height(c, idx, nd)]
 
 
 @converter("GlobalAveragePool", "GlobalMaxPool")
