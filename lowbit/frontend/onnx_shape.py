@@ -314,12 +314,6 @@ def _resize(c: Ctx):
         for ax, v in zip(a["axes"], vals):
             full[norm_axis(ax, x.type.rank)] = v
         vals = full
-    if sizes is None and a["coordinate_transformation_mode"] == "align_corners" and any(
-            float(np.float32(n) * np.float32(sc)) != int(np.float32(n) * np.float32(sc))
-            for n, sc in zip(x.type.shape, vals)):
-        # ONNX's reference divides by length x scale - 1, onnxruntime by the output length - 1: no one answer
-        raise NodeError("align_corners with scales whose output length (length x scale) is not a whole number is "
-                        "ambiguous (ONNX's reference and onnxruntime differ); give sizes instead")
     if sizes is None:
         return _resize_common(c, x, vals, None, a["mode"], a["coordinate_transformation_mode"], a["nearest_mode"])
     return _resize_common(c, x, None, [int(v) for v in vals], a["mode"], a["coordinate_transformation_mode"],
