@@ -363,9 +363,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _warnings_as_lines():
+    """LowbitWarnings print as one line, ``lowbit: warning: ...``, from every command (others as Python prints
+    them)."""
+    import warnings
+
+    from .errors import LowbitWarning
+
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, LowbitWarning):
+            print(f"lowbit: warning: {message}", file=sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    warnings.showwarning = one_line
+    return show
+
+
 def main(argv=None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    show = _warnings_as_lines()
     try:
         return args.func(args)
     except LowbitError as e:
@@ -386,6 +407,8 @@ def main(argv=None) -> int:
         print(f"lowbit: error: internal error ({type(e).__name__}: {msg}); rerun with --debug for a traceback",
               file=sys.stderr)
         return 1
+    finally:
+        warnings.showwarning = show
 
 
 if __name__ == "__main__":

@@ -165,6 +165,9 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
             quant_report = layer_report(reference, p.graph, p.calibration)
     art = cg.build(p.graph, tgt, config, progress=prog, schedule_log=schedule_log)
     art.manifest["pipeline"] = str(p.passes)
+    meta = getattr(p.source, "metadata", None)
+    if meta:  # e.g. the ONNX opset, and the one an old model was upgraded from
+        art.manifest["source"] = dict(meta)
     if quant_report is not None:
         art.manifest["quant_report"] = quant_report
     if notes:
