@@ -204,3 +204,13 @@ def test_cuda_build_on_a_cpu_machine(zoo_dir, tmp_path):
     if not tvm.cuda(0).exist:
         p = run_cli("run", art, "--inputs", zoo_dir / "encoder.npz", "-o", tmp_path / "o.npz")
         _one_line_error(p, "CUDA")
+
+
+def test_scalar_input_runs(tmp_path):
+    """A rank-0 input reaches the library as rank 0 (numpy's ascontiguousarray would make it rank 1)."""
+    g = lowbit.parse('graph @s(%x: tensor<3xf32>, %y: tensor<f32>) {\n  %0 = mul(%x, %y) : tensor<3xf32>\n'
+                     '  return %0 as "z"\n}\n')
+    lowbit.compile(g).save(tmp_path / "s.lbit")
+    out = lowbit.runtime.load(tmp_path / "s.lbit").run({"x": np.arange(3, dtype=np.float32),
+                                                       "y": np.array(2, np.float32)})
+    np.testing.assert_array_equal(out["z"], [0, 2, 4])

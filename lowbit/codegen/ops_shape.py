@@ -26,8 +26,16 @@ def _concat(L, op, *xs):
 
 @rule("split")
 def _split(L, op, x):
-    idx = [int(v) for v in np.cumsum(op.attrs["sizes"])[:-1]]
-    t = L.emit(L.R.split(x, idx, axis=op.attrs["axis"]))
+    sizes, axis = [int(v) for v in op.attrs["sizes"]], op.attrs["axis"]
+    if 0 in sizes:  # (TVM's split needs increasing indices): slices, and empty constants for the empty parts
+        out, start = [], 0
+        for r, n in zip(op.results, sizes):
+            out.append(L.const(np.zeros(r.type.shape, np_dtype(r.type))) if n == 0 else
+                       L.emit(L.R.strided_slice(x, axes=[axis], begin=[start], end=[start + n])))
+            start += n
+        return out
+    idx = [int(v) for v in np.cumsum(sizes)[:-1]]
+    t = L.emit(L.R.split(x, idx, axis=axis))
     return [L.emit(L.relax.TupleGetItem(t, i)) for i in range(len(op.results))]
 
 

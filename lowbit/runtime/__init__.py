@@ -100,7 +100,7 @@ class Module:
             if a.shape != tuple(spec["shape"]) or a.dtype != want:
                 raise LowbitError(f"input {spec['name']!r} is {a.dtype}[{'x'.join(map(str, a.shape))}], expected "
                                   f"{want}[{'x'.join(map(str, spec['shape']))}]; the model takes ({self.signature()})")
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(a), self.device))
+            args.append(tvm.runtime.tensor(np.asarray(a, order="C"), self.device))  # (ascontiguousarray makes 0-d 1-d)
         return args
 
     def run(self, inputs: dict) -> dict:
