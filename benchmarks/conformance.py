@@ -171,7 +171,7 @@ def _reason(msg: str) -> str:
     msg = re.sub(r"^([^:]*model\.onnx|<ModelProto>): ", "", msg)
     msg = re.sub(r"node '[^']*'|node \S+ \(", "node … (", msg)
     msg = re.sub(r"'[^']*'", "'…'", msg)
-    msg = re.sub(r"\b\d+(\.\d+)?\b", "N", msg)
+    msg = re.sub(r"\b\d+(\.\d+)?\b(?!-D)", "N", msg)  # (not "2-D")
     return msg[:160]
 
 
