@@ -137,18 +137,29 @@ def _same(w, op, ins, out):
     w.node(_SAME[op.opname], ins, [out])
 
 
+def _no_groups(op):
+    """Refuse group-wise parameters (MatMulNBits weights): opset 20's QuantizeLinear / DequantizeLinear have no
+    block_size (opset 21's DequantizeLinear does, and onnxruntime's MatMulNBits is not ONNX-standard)."""
+    if any(v.type.quant is not None and v.type.quant.group is not None for v in op.operands + op.results):
+        raise LowbitError(f"{op.describe()}: group-wise quantization (MatMulNBits weights) has no exact ONNX export "
+                          f"at opset {OPSET} (DequantizeLinear has no block_size before opset 21)")
+
+
 @exporter("quantize")
 def _quantize(w, op, ins, out):
+    _no_groups(op)
     w.quantize(ins[0], op.result.type, out)
 
 
 @exporter("dequantize")
 def _dequantize(w, op, ins, out):
+    _no_groups(op)
     w.dequantize(op.operands[0], ins[0], out)
 
 
 @exporter("requantize")
 def _requantize(w, op, ins, out):
+    _no_groups(op)
     w.quantize(w.dequantize(op.operands[0], ins[0]), op.result.type, out)
 
 

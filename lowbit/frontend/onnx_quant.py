@@ -1,4 +1,5 @@
-"""ONNX converters for quantization: QuantizeLinear and DequantizeLinear (per-tensor and per-axis)."""
+"""ONNX converters for quantization: QuantizeLinear and DequantizeLinear (per-tensor and per-axis), onnxruntime's
+DynamicQuantizeMatMul and MatMulNBits (group-wise low-bit weights)."""
 from __future__ import annotations
 
 import numpy as np
@@ -91,3 +92,105 @@ def _dynamic_quantize_matmul(c: Ctx):
     y = c.op("qmatmul_dynamic", [x, wv], {"per_row": False})
     b = c.inp(4)
     return y if b is None else c.op("add", [y, b])
+
+
+# -- onnxruntime's group-wise low-bit weights ------------------------------------------------------------------------
+def _unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """The first ``count`` ``bits``-bit unsigned values of each row of bytes, the lowest bits of a byte first."""
+    per = 8 // bits
+    shifts = np.arange(per, dtype=np.uint8) * bits
+    v = (packed[..., :, None] >> shifts) & np.uint8((1 << bits) - 1)
+    return v.reshape(*packed.shape[:-1], -1)[..., :count]
+
+
+@converter("com.microsoft.MatMulNBits")
+def _matmul_nbits(c: Ctx):
+    """onnxruntime's weight-only low-bit matmul (written by ``MatMulNBitsQuantizer`` and onnxruntime-genai):
+    ``Y = A @ W [+ bias]`` with ``W[k, n] = (q[n, k] - zp[n, k // block_size]) * scale[n, k // block_size]``.
+
+    Imported as ``matmul(A, dequantize(const W))`` [``+ bias``]: the constant is the weight as stored, [K, N], typed
+    with group-wise parameters ``q<axis=1, group=block_size, [...]>`` (one scale and zero point per column and per
+    block of rows, the [ceil(K / block_size), N] grid in C order; ``scheme.group_shape``) — u4 for bits=4, u8 for
+    bits=8, u8 with ``range=0:3`` for bits=2 (there is no u2). The packed inputs map as:
+
+    - B uint8 [N, n_blocks, block_size * bits / 8]: values packed lowest bits first; rows padded to whole blocks
+      (the padding past K is dropped); n_blocks = ceil(K / block_size);
+    - scales f32 [N * n_blocks] (or [N, n_blocks]);
+    - zero_points absent: 2^(bits-1) everywhere; uint8 [N * ceil(n_blocks * bits / 8)]: packed like B, each row of
+      N padded to whole bytes; f32 [N * n_blocks] (onnxruntime takes them for bits 2 and 4 and computes
+      ``q * s - s * zp``): imported when every one is an integer in [0, 2^bits - 1], where that equals
+      ``(q - zp) * s`` up to f32 rounding; fractional ones (HQQ) are refused;
+    - bias f32 [N]: a float ``add``.
+
+    ``accuracy_level`` 0-3 are f32 activations in onnxruntime's CPU kernel (level 2/3 name f16/bf16 compute, which it
+    does not do for f32 inputs): the reference dequantizes W exactly in f32 and runs an f32 matmul. Level 4 makes
+    onnxruntime (x86-64 MLAS) quantize A at run time to i8 per row and per block of K (``scale = max|a| / 127``,
+    ``q = round_half_even(a * (127 / max|a|))``, i32 block dot products scaled by ``sa * sw``) — but only where MLAS
+    has such a kernel for the bits, block size and CPU (2-bit blocks of 32-128 on AVX-512, say), f32 elsewhere, so
+    the result is machine-dependent: refused by name. Also refused: g_idx (act-order), bits other than 2, 4 and 8
+    (onnxruntime's CPU kernel has no others), block sizes that are not a power of two >= 16, non-f32 A/scales."""
+    a = c.attrs(K=None, N=None, bits=4, block_size=None, accuracy_level=0)
+    for k in ("K", "N", "block_size"):
+        if a[k] is None:
+            raise NodeError(f"attribute '{k}' is required")
+    kk, n, bits, bs, level = (int(a[k]) for k in ("K", "N", "bits", "block_size", "accuracy_level"))
+    if bits not in (2, 4, 8):
+        raise NodeError(f"bits={bits} is not supported (2, 4 and 8 are, as in onnxruntime's CPU kernel)")
+    if bs < 16 or bs & (bs - 1):
+        raise NodeError(f"block_size {bs} is not a power of two >= 16")
+    if level == 4:
+        raise NodeError("accuracy_level=4 (int8 activations per block) is not supported: onnxruntime quantizes A "
+                        "only where its CPU has an int8 kernel for these bits and block size, so it is not one "
+                        "exact computation (levels 0-3, f32 activations, are)")
+    if not 0 <= level <= 4:
+        raise NodeError(f"accuracy_level {level} is not 0-4")
+    if c.inp(4) is not None:
+        raise NodeError("g_idx (act-order: a permuted block index per row of K) is not supported")
+    x = c.need(0, "A")
+    if x.type.dtype != dt.f32:
+        raise NodeError(f"input A of {x.type.dtype.name} is not supported (f32 is)")
+    if x.type.rank < 1 or x.type.shape[-1] != kk:
+        raise NodeError(f"input A of shape {list(x.type.shape)} does not end in K={kk}")
+    nb = -(-kk // bs)
+    blob = bs * bits // 8
+    b = np.asarray(c.const(1, "B"))
+    if b.dtype != np.uint8 or b.size != n * nb * blob:
+        raise NodeError(f"B must be uint8 [N={n}, {nb}, {blob}], got {b.dtype} {list(b.shape)}")
+    q = _unpack_bits(b.reshape(n, nb * blob), bits, kk)  # [N, K]
+    scale = np.asarray(c.const(2, "scales"))
+    if scale.dtype != np.float32 or scale.size != n * nb:
+        raise NodeError(f"scales must be float32 [N * n_blocks = {n * nb}], got {scale.dtype} {list(scale.shape)}")
+    zp_v = c.inp(3)
+    if zp_v is None:
+        zp = np.full((n, nb), 1 << (bits - 1), np.int64)
+    else:
+        z = np.asarray(c.const(3, "zero_points"))
+        if z.dtype == np.uint8:
+            row = -(-nb * bits // 8)
+            if z.size != n * row:
+                raise NodeError(f"packed zero_points must be uint8 [N * ceil(n_blocks * bits / 8) = {n * row}], "
+                                f"got {list(z.shape)}")
+            zp = _unpack_bits(z.reshape(n, row), bits, nb).astype(np.int64)
+        elif z.dtype == np.float32:
+            if bits == 8:
+                raise NodeError("float zero points with bits=8 are not supported (onnxruntime's CPU kernel refuses them)")
+            if z.size != n * nb:
+                raise NodeError(f"float zero_points must be [N * n_blocks = {n * nb}], got {list(z.shape)}")
+            if np.any(z != np.rint(z)) or np.any(z < 0) or np.any(z > (1 << bits) - 1):
+                raise NodeError("fractional or out-of-range float zero points (HQQ) are not supported: lowbit's "
+                                f"zero points are integers in [0, {(1 << bits) - 1}]")
+            zp = z.reshape(n, nb).astype(np.int64)
+        else:
+            raise NodeError(f"zero_points of dtype {z.dtype} are not supported (packed uint8 or float32 are)")
+    qdtype, storage = {2: (dt.u8, (0, 3)), 4: (dt.u4, None), 8: (dt.u8, None)}[bits]
+    qp = QuantParams(tuple(scale.reshape(n, nb).T.reshape(-1).tolist()), tuple(zp.T.reshape(-1).tolist()), axis=1,
+                     group=bs, storage=storage)
+    wq = np.ascontiguousarray(q.T).astype(qdtype.np_dtype)  # [K, N]
+    w = c.op("dequantize", [c.const_value(wq, type=TensorType(wq.shape, qdtype, qp))])
+    y = c.op("matmul", [x, w])
+    bias = c.inp(5)
+    if bias is None:
+        return y
+    if bias.type.dtype != dt.f32 or bias.type.shape != (n,):
+        raise NodeError(f"bias must be float32 [N={n}], got {bias.type}")
+    return c.op("add", [y, bias])

@@ -29,7 +29,7 @@ import numpy as np
 from . import dtypes as dt
 from .dtypes import DType
 from .graph import Op, Value, install
-from ..quant.scheme import storage_range
+from ..quant.scheme import group_shape, storage_range
 from .types import TensorType
 
 REQUIRED = object()
@@ -305,6 +305,8 @@ def _check_quant_type(r: TensorType, shape):
     if q.axis is not None and q.group is None:
         if not 0 <= q.axis < r.rank or r.shape[q.axis] != len(q.scale):
             raise ValueError(f"{len(q.scale)} scales do not match axis {q.axis} of {r}")
+    if q.group is not None:
+        _check_group(r)
     lo, hi = storage_range(r.dtype, q)
     if any(not lo <= z <= hi for z in q.zero_point):
         raise ValueError(f"zero point out of range for {r.dtype.name}")
@@ -317,12 +319,23 @@ def _check_requantize(types, attrs, results):
     _check_quant_type(r, x.shape)
 
 
+def _check_group(t: TensorType):
+    """A group-wise type: rank 2, a per-channel ``axis``, ``group`` >= 1, one (scale, zp) per cell of its
+    ``group_shape`` grid."""
+    q = t.quant
+    if q.axis is None or q.group < 1:
+        raise ValueError(f"group-wise quantization needs an axis and a group of at least 1, got {t}")
+    grid = group_shape(q, t.shape)
+    if len(q.scale) != int(np.prod(grid)):
+        raise ValueError(f"{len(q.scale)} scales do not fill the {'x'.join(map(str, grid))} group grid of {t}")
+
+
 def _infer_dequantize(types, attrs):
     (x,) = types
     if x.quant is None or not x.dtype.is_integer:
         raise ValueError(f"operand must be a quantized integer tensor, got {x}")
     if x.quant.group is not None:
-        raise ValueError("group-wise dequantize is not implemented")
+        _check_group(x)
     return [TensorType(x.shape, dt.f32)]
 
 

@@ -51,21 +51,43 @@ def output_clamp(t, activation: str = "none") -> tuple[int, int]:
 
 
 # -- affine quantize / dequantize ------------------------------------------------------------------------------------
-def _qparams(q, ndim: int):
-    shape = q.broadcast_shape(ndim)
-    return q.scale_array().reshape(shape), q.zero_point_array().reshape(shape)
+def group_shape(q, shape) -> tuple[int, ...]:
+    """The shape of a group-wise tensor's parameter grid (its scales in C order): ``shape`` with the grouped axis
+    (the other one of a rank-2 tensor, not ``axis``) cut into ceil(dim / group) groups, the last one partial.
+    A [K, N] weight with ``axis=1, group=32`` has one (scale, zp) per column and per 32 rows: a [ceil(K/32), N] grid."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 2 or q.axis not in (0, 1):
+        raise ValueError(f"group-wise quantization needs a rank-2 tensor and axis 0 or 1, got shape {list(shape)} "
+                         f"and axis {q.axis}")
+    grid = list(shape)
+    grid[1 - q.axis] = -(-shape[1 - q.axis] // q.group)
+    return tuple(grid)
+
+
+def _qparams(q, shape):
+    if q.group is None:
+        bshape = q.broadcast_shape(len(shape))
+        return q.scale_array().reshape(bshape), q.zero_point_array().reshape(bshape)
+    grid, gax = group_shape(q, shape), 1 - q.axis
+    if len(q.scale) != int(np.prod(grid)):
+        raise ValueError(f"{len(q.scale)} group-wise parameters do not fill the {list(grid)} grid of shape {list(shape)}")
+
+    def expand(a):  # one value per element: each group's value repeated over its rows, the last group cut short
+        return np.repeat(a.reshape(grid), q.group, axis=gax).take(np.arange(shape[gax]), axis=gax)
+    return expand(q.scale_array()), expand(q.zero_point_array())
 
 
 def quantize_array(x: np.ndarray, t) -> np.ndarray:
     """saturate(round_half_even(x / scale) + zero_point) with the division in f32, as onnxruntime does."""
-    scale, zp = _qparams(t.quant, x.ndim)
+    scale, zp = _qparams(t.quant, x.shape)
     lo, hi = type_range(t)
     q = np.rint(x.astype(np.float32) / scale).astype(np.float64) + zp
     return np.clip(q, lo, hi).astype(t.dtype.np_dtype)
 
 
 def dequantize_array(q: np.ndarray, t) -> np.ndarray:
-    scale, zp = _qparams(t.quant, q.ndim)
+    """(q - zp) * scale in f32: per tensor, per axis, or group-wise (``group_shape``), the integer difference exact."""
+    scale, zp = _qparams(t.quant, q.shape)
     return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
 
 
@@ -190,7 +212,7 @@ def scale_product(x_scale, w_scales) -> np.ndarray:
     return (np.float32(x_scale) * np.asarray(w_scales, np.float32)).astype(np.float32)
 
 
-__all__ = ["storage_range", "type_range", "output_clamp", "quantize_array", "dequantize_array", "affine_params", "fake_quantize",
+__all__ = ["storage_range", "type_range", "output_clamp", "group_shape", "quantize_array", "dequantize_array", "affine_params", "fake_quantize",
            "symmetric_weights", "bias_unit", "bias_to_i32", "folded_bias", "requant_multiplier",
            "requantize_accumulator", "relu_folds_into_saturation", "dynamic_u8_params", "dynamic_u8_row_params",
            "dynamic_rescale", "scale_product"]
