@@ -121,7 +121,7 @@ def _dropout(c: Ctx):
     x = c.need(0, "data")
     y = c.op("dropout", [x], {"ratio": float(ratio)})
     if len(c.node.output) > 1 and c.node.output[1]:
-        if c.opset < 10:  # a mask of the input's type, which the old specs do not define in inference mode
-            raise NodeError("Dropout's mask output before opset 10 is not supported")
-        return [y, c.const_value(np.ones(x.type.shape, bool))]  # inference: every element kept
+        # inference: every element kept (before opset 10 the mask has the input's type: ones)
+        keep = np.ones(x.type.shape, bool if c.opset >= 10 else x.type.dtype.np_dtype)
+        return [y, c.const_value(keep)]
     return y
