@@ -121,7 +121,7 @@ def _dropout(c: Ctx):
     x = c.need(0, "data")
     y = c.op("dropout", [x], {"ratio": float(ratio)})
     if len(c.node.output) > 1 and c.node.output[1]:
-        # inference: every element kept (before opset 10 the mask has the input's type: ones)
-        keep = np.ones(x.type.shape, bool if c.opset >= 10 else x.type.dtype.np_dtype)
-        return [y, c.const_value(keep)]
+        if c.opset < 10:  # the mask's value in inference is not defined before opset 10 (onnxruntime gives 0s):
+            return y      # computed only where nothing reads it (the import refuses a mask that is used)
+        return [y, c.const_value(np.ones(x.type.shape, bool))]  # inference: every element kept
     return y
