@@ -113,6 +113,9 @@ class Ctx:
         self.opset = opset
         self.env: dict[str, Value] = {}
         self.node = None
+        # subgraph(graph_proto, what, bindings) -> output Values: converts a sub-graph (If's branch, Loop's
+        # body) inline; set by the importer, which owns the node loop
+        self.subgraph: Callable | None = None
 
     # -- operands --------------------------------------------------------------------------------------
     def inp(self, i: int) -> Value | None:

@@ -22,6 +22,7 @@ from ..ir.types import TensorType
 # Importing the op-family modules registers their converters; the order is the original file's, so
 # CONVERTERS lists the ops in the same order as before the split.
 from . import onnx_elementwise, onnx_shape, onnx_nn, onnx_quant, onnx_math, onnx_tensor  # noqa: F401,I001
+from . import onnx_control  # noqa: F401,I001  (If, Loop: sub-graphs imported inline)
 from .onnx_qoperator import expand_qoperators, fuse_dynamic_matmuls, has_qoperators, hoist_dequantize
 from .onnx_ctx import CONVERTERS, Ctx, NodeError, check_size, check_tensor, decode_tensor, one_line, onnx_dtype
 
@@ -248,22 +249,24 @@ def _sorted_nodes(mg, name: str, defined: set) -> list:
                 raise LowbitError(f"{name}: {node.op_type} node '{node.name or '(unnamed)'}': output '{o}' is "
                                   f"also produced by {p.op_type} node '{p.name or '(unnamed)'}'")
             producer[o] = node
-    for node in mg.node:
-        for i in node.input:
+    nodes = list(mg.node)  # (one Python object per node: the reads below are keyed by position)
+    reads = [[i for i in list(node.input) + sorted(_outer_refs(node)) if i] for node in nodes]
+    for node, node_reads in zip(nodes, reads):
+        for i in node_reads:
             if i and i not in defined and i not in producer:
                 raise LowbitError(f"{name}: {node.op_type} node '{node.name or '(unnamed)'}': input '{i}' is not "
                                   "produced by any node, initializer or graph input")
-    ready, order, pending = set(defined), [], list(mg.node)
+    ready, order, pending = set(defined), [], list(zip(nodes, reads))
     while pending:
         rest = []
-        for node in pending:
-            if all(not i or i in ready for i in node.input):
+        for node, node_reads in pending:
+            if all(i in ready for i in node_reads):
                 order.append(node)
                 ready.update(o for o in node.output if o)
             else:
-                rest.append(node)
+                rest.append((node, node_reads))
         if len(rest) == len(pending):
-            n = rest[0]
+            n = rest[0][0]
             raise LowbitError(f"{name}: {n.op_type} node '{n.name or '(unnamed)'}' is on a cycle: the graph's "
                               "nodes cannot be ordered")
         pending = rest
@@ -422,6 +425,7 @@ def import_onnx(source, shapes: dict | None = None) -> Graph:
     if original != opset:
         g.metadata["upgraded_from_opset"] = original
     ctx = Ctx(g, opset)
+    ctx.subgraph = lambda sg, what, bindings: convert_subgraph(ctx, sg, what, bindings)  # If, Loop (onnx_control)
     init_names = set()
     for t in mg.initializer:
         if not t.name:
@@ -462,31 +466,9 @@ def import_onnx(source, shapes: dict | None = None) -> Graph:
             raise LowbitError(f"{name}: {e}") from None
         ctx.env[t.name] = g.const(arr, loc=t.name)
     nodes = _sorted_nodes(mg, name, set(ctx.env))
-    used = {i for node in mg.node for i in node.input if i} | {vi.name for vi in mg.output}
-    for node in nodes:
-        ctx.node = node
-        where = f"{name}: {node.op_type} node '{node.name or '(unnamed)'}'"
-        _check_attributes(node, opset, where)
-        try:
-            _check_output_size(ctx, node)
-            if node.op_type in _NODE_CHECKS:
-                _NODE_CHECKS[node.op_type](ctx, node)
-            out = CONVERTERS[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"](ctx)
-        except NodeError as e:
-            raise LowbitError(f"{where}: {e}") from None
-        except LowbitError as e:
-            raise LowbitError(f"{where}: {one_line(e)}") from None
-        except _CONVERT_ERRORS as e:
-            raise LowbitError(f"{where}: cannot convert it ({type(e).__name__}: {one_line(e)})") from None
-        outs = out if isinstance(out, (list, tuple)) else [out]
-        for k, oname in enumerate(node.output):
-            if not oname:
-                continue
-            if k < len(outs):
-                ctx.env[oname] = outs[k]
-            elif oname in used:
-                raise LowbitError(f"{where}: output {k} ('{oname}') is used, but lowbit computes only the "
-                                  f"first {len(outs)} output(s) of {node.op_type}")
+    used = {i for node in mg.node for i in list(node.input) + sorted(_outer_refs(node)) if i} | \
+        {vi.name for vi in mg.output}
+    _convert_nodes(ctx, nodes, name, used)
     outputs, out_names = [], set()
     for vi in mg.output:
         if vi.name in out_names:
@@ -510,6 +492,82 @@ def import_onnx(source, shapes: dict | None = None) -> Graph:
     except ValueError as e:
         raise LowbitError(f"{name}: imported graph does not verify: {one_line(e)}") from None
     return g
+
+
+def _convert_nodes(ctx: Ctx, nodes, name: str, used: set) -> None:
+    """Convert ``nodes`` (in order) into ``ctx.graph``, binding their outputs in ``ctx.env``; ``name`` prefixes
+    errors, ``used`` holds the names something reads (an output lowbit does not compute may not be in it)."""
+    for node in nodes:
+        ctx.node = node
+        where = f"{name}: {node.op_type} node '{node.name or '(unnamed)'}'"
+        _check_attributes(node, ctx.opset, where)
+        try:
+            _check_output_size(ctx, node)
+            if node.op_type in _NODE_CHECKS:
+                _NODE_CHECKS[node.op_type](ctx, node)
+            out = CONVERTERS[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"](ctx)
+        except NodeError as e:
+            raise LowbitError(f"{where}: {e}") from None
+        except LowbitError as e:
+            raise LowbitError(f"{where}: {one_line(e)}") from None
+        except _CONVERT_ERRORS as e:
+            raise LowbitError(f"{where}: cannot convert it ({type(e).__name__}: {one_line(e)})") from None
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        for k, oname in enumerate(node.output):
+            if not oname:
+                continue
+            if k < len(outs):
+                ctx.env[oname] = outs[k]
+            elif oname in used:
+                raise LowbitError(f"{where}: output {k} ('{oname}') is used, but lowbit computes only the "
+                                  f"first {len(outs)} output(s) of {node.op_type}")
+
+
+def _outer_refs(node) -> set:
+    """The names the sub-graphs of ``node`` (If's branches, Loop's body) read from the scopes around them."""
+    from onnx import AttributeProto
+
+    refs: set = set()
+    for a in node.attribute:
+        graphs = [a.g] if a.type == AttributeProto.GRAPH else list(a.graphs) if a.type == AttributeProto.GRAPHS else []
+        for sg in graphs:
+            defined = {vi.name for vi in sg.input} | {t.name for t in sg.initializer}
+            defined |= {o for n in sg.node for o in n.output if o}
+            for n in sg.node:
+                refs |= {i for i in list(n.input) + sorted(_outer_refs(n)) if i and i not in defined}
+            refs |= {vi.name for vi in sg.output if vi.name not in defined}
+    return refs
+
+
+def convert_subgraph(ctx: Ctx, sg, what: str, bindings: dict) -> list:
+    """Convert sub-graph ``sg`` (a branch of If, the body of Loop) inline into ``ctx.graph``: its nodes see the
+    enclosing scope's values by name, its inputs are ``bindings`` (name -> Value); returns its outputs' Values.
+    ``what`` prefixes errors ("then_branch"). Names it defines do not leak into the enclosing scope."""
+    _check_supported(sg, what)  # an unsupported op inside the branch is refused by name
+    if len(sg.sparse_initializer):
+        raise LowbitError(f"{what}: sparse initializer '{sg.sparse_initializer[0].values.name}' is not supported")
+    saved_env, saved_node = ctx.env, ctx.node
+    ctx.env = dict(saved_env)
+    ctx.env.update(bindings)
+    try:
+        for t in sg.initializer:
+            try:
+                arr = decode_tensor(t, f"initializer '{t.name}'")
+            except NodeError as e:
+                raise LowbitError(f"{what}: {e}") from None
+            ctx.env[t.name] = ctx.graph.const(arr, loc=t.name)
+        nodes = _sorted_nodes(sg, what, set(ctx.env))
+        used = {i for n in sg.node for i in list(n.input) + sorted(_outer_refs(n)) if i} | \
+            {vi.name for vi in sg.output}
+        _convert_nodes(ctx, nodes, what, used)
+        outs = []
+        for vi in sg.output:
+            if vi.name not in ctx.env:
+                raise LowbitError(f"{what}: graph output '{vi.name}' is not produced by any node")
+            outs.append(ctx.env[vi.name])
+        return outs
+    finally:
+        ctx.env, ctx.node = saved_env, saved_node
 
 
 def _check_tensors_and_names(mg, name: str) -> None:
