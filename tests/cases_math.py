@@ -139,3 +139,12 @@ CASES += [
     ("sce-mean-weight-high-ii-log-prob", "SoftmaxCrossEntropyLoss", {"x": _f32(2, 5, 3, 2), "t": _TIJ},
      {"w": _f32(5, lo=0.1, hi=2)}, {"ignore_index": 10}, 13, 2),
 ]
+
+# opset 23
+_r23 = np.random.default_rng(23)
+CASES += [
+    ("rmsnorm-23-last", "RMSNormalization", {"x": _r23.normal(0, 1, (2, 3, 8)).astype(np.float32)},
+     {"s": _r23.normal(0, 1, 8).astype(np.float32)}, {"epsilon": 1e-5}, 23, 1),
+    ("rmsnorm-23-axis1", "RMSNormalization", {"x": _r23.normal(0, 1, (2, 3, 4)).astype(np.float32)},
+     {"s": _r23.normal(0, 1, (3, 4)).astype(np.float32)}, {"axis": 1}, 23, 1),
+]

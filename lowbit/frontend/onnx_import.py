@@ -26,7 +26,7 @@ from . import onnx_control  # noqa: F401,I001  (If, Loop: sub-graphs imported in
 from .onnx_qoperator import expand_qoperators, fuse_dynamic_matmuls, has_qoperators, hoist_dequantize
 from .onnx_ctx import CONVERTERS, Ctx, NodeError, check_size, check_tensor, decode_tensor, one_line, onnx_dtype
 
-MIN_OPSET, MAX_OPSET = 9, 22
+MIN_OPSET, MAX_OPSET = 9, 23
 # Opsets 1-8 are upgraded to this one with ONNX's version converter (its adapters are exact rewrites; an op
 # it cannot convert exactly makes it fail, and the import is refused).
 UPGRADE_TARGET = MIN_OPSET

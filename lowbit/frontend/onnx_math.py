@@ -4,7 +4,8 @@ New IR ops: the inverse and hyperbolic trigonometric functions and Tan, Mod, IsN
 are exact compositions of existing ops: Celu, Selu (elu), Mish, Softsign, Shrink, ThresholdedRelu, IsInf
 (comparisons with +-inf), CastLike (cast), ReduceL1/L2/LogSum/LogSumExp/SumSquare, ArgMin (arg_max of an
 order-reversed operand), Hardmax (arg_max compared with an iota), Trilu (where with a constant mask) and
-MeanVarianceNormalization, InstanceNormalization, GroupNormalization and LpNormalization.
+MeanVarianceNormalization, InstanceNormalization, GroupNormalization, LpNormalization and (opset 23)
+RMSNormalization.
 """
 from __future__ import annotations
 
@@ -415,3 +416,18 @@ def _sce_loss(c: Ctx):
     logp = c.op("log_softmax", [x], {"axis": 1})
     loss = _nll(c, logp, c.need(1, "labels"), c.inp(2), a["reduction"], a["ignore_index"])
     return [loss, logp] if len(c.node.output) > 1 and c.node.output[1] else loss
+
+
+@converter("RMSNormalization")
+def _rms_norm(c: Ctx):
+    """Opset 23: ``x / sqrt(mean(x^2 over axes axis..rank-1) + epsilon) * scale``, in f32 (stash_type 1)."""
+    a = c.attrs(axis=-1, epsilon=1e-5, stash_type=1)
+    x, scale = c.need(0, "X"), c.need(1, "scale")
+    _need_float(c, x, (dt.f32,))
+    if a["stash_type"] != 1:
+        raise NodeError(f"stash_type {a['stash_type']} is not supported (1, float32, is)")
+    axis = norm_axis(a["axis"], x.type.rank)
+    axes = tuple(range(axis, x.type.rank))
+    ms = c.op("reduce_mean", [c.op("mul", [x, x])], {"axes": axes, "keepdims": True})
+    r = c.op("sqrt", [c.op("add", [ms, _scalar(c, a["epsilon"], x)])])
+    return c.op("mul", [c.op("div", [x, r]), scale])
