@@ -148,3 +148,17 @@ CASES += [
     ("rmsnorm-23-axis1", "RMSNormalization", {"x": _r23.normal(0, 1, (2, 3, 4)).astype(np.float32)},
      {"s": _r23.normal(0, 1, (3, 4)).astype(np.float32)}, {"axis": 1}, 23, 1),
 ]
+
+_cs = _r23.uniform(-1, 1, (10, 4)).astype(np.float32)
+_sn = _r23.uniform(-1, 1, (10, 4)).astype(np.float32)
+CASES += [
+    ("rope-23-4d-pos", "RotaryEmbedding", {"x": _r23.normal(0, 1, (2, 3, 5, 8)).astype(np.float32),
+                                           "p": np.array([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]], np.int64)},
+     {"c": _cs, "s": _sn}, {}, 23, 1),
+    ("rope-23-3d-interleaved-partial", "RotaryEmbedding",
+     {"x": _r23.normal(0, 1, (2, 5, 24)).astype(np.float32), "p": np.array([[9, 8, 7, 6, 5], [0, 2, 4, 6, 8]], np.int64)},
+     {"c": _cs, "s": _sn}, {"interleaved": 1, "num_heads": 2, "rotary_embedding_dim": 8}, 23, 1),
+    ("rope-23-no-pos", "RotaryEmbedding", {"x": _r23.normal(0, 1, (1, 2, 3, 8)).astype(np.float32)},
+     {"c": _r23.uniform(-1, 1, (1, 3, 4)).astype(np.float32), "s": _r23.uniform(-1, 1, (1, 3, 4)).astype(np.float32)},
+     {}, 23, 1),
+]

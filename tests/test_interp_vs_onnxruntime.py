@@ -201,6 +201,8 @@ def _inputs_order(inputs, consts, op_type):
     order = list(inputs) + list(consts)
     if op_type == "Where":
         order = ["c", "a", "b"]
+    if op_type == "RotaryEmbedding":  # position ids (a run-time input) come after the caches
+        order = [k for k in ("x", "c", "s", "p") if k in order]
     return order
 
 

@@ -5,7 +5,7 @@ are exact compositions of existing ops: Celu, Selu (elu), Mish, Softsign, Shrink
 (comparisons with +-inf), CastLike (cast), ReduceL1/L2/LogSum/LogSumExp/SumSquare, ArgMin (arg_max of an
 order-reversed operand), Hardmax (arg_max compared with an iota), Trilu (where with a constant mask) and
 MeanVarianceNormalization, InstanceNormalization, GroupNormalization, LpNormalization and (opset 23)
-RMSNormalization.
+RMSNormalization and RotaryEmbedding.
 """
 from __future__ import annotations
 
@@ -431,3 +431,57 @@ def _rms_norm(c: Ctx):
     ms = c.op("reduce_mean", [c.op("mul", [x, x])], {"axes": axes, "keepdims": True})
     r = c.op("sqrt", [c.op("add", [ms, _scalar(c, a["epsilon"], x)])])
     return c.op("mul", [c.op("div", [x, r]), scale])
+
+
+def _sl(c: Ctx, x: Value, axis: int, start: int, end: int, step: int = 1) -> Value:
+    return c.op("slice", [x], {"starts": (start,), "ends": (end,), "axes": (axis,), "steps": (step,)})
+
+
+@converter("RotaryEmbedding")
+def _rotary_embedding(c: Ctx):
+    """Opset 23, as the spec's reference computes it: X as [batch, seq, heads, head] (a 4-D input is [batch, heads,
+    seq, head]; a 3-D one [batch, seq, heads * head], with ``num_heads``), its first ``rotary_embedding_dim``
+    channels rotated by the caches (indexed by ``position_ids`` when given) — halves, or even/odd channels with
+    ``interleaved`` — the rest passed through; the result in X's layout."""
+    a = c.attrs(interleaved=0, rotary_embedding_dim=0, num_heads=0)
+    x, cos, sin = c.need(0, "X"), c.need(1, "cos_cache"), c.need(2, "sin_cache")
+    pos = c.inp(3)
+    _need_float(c, x, (dt.f32,))
+    shape = x.type.shape
+    if x.type.rank == 4:
+        b, h, sq, d = shape
+        xs = c.op("transpose", [x], {"perm": (0, 2, 1, 3)})
+    elif x.type.rank == 3:
+        if a["num_heads"] <= 0 or shape[2] % a["num_heads"]:
+            raise NodeError(f"a 3-D input needs num_heads dividing its hidden size {shape[2]}, got {a['num_heads']}")
+        b, sq, h, d = shape[0], shape[1], a["num_heads"], shape[2] // a["num_heads"]
+        xs = reshape_to(c, x, (b, sq, h, d))
+    else:
+        raise NodeError(f"input of rank {x.type.rank} is not supported (3 or 4 is)")
+    r = a["rotary_embedding_dim"] or d
+    if r > d or r % 2:
+        raise NodeError(f"rotary_embedding_dim {r} must be even and at most the head size {d}")
+    half = r // 2
+    if pos is not None:
+        if pos.type.shape != (b, sq) or not pos.type.dtype.is_integer:
+            raise NodeError(f"position_ids must be integer [{b}, {sq}], got {pos.type}")
+        cos, sin = c.op("gather", [cos, pos], {"axis": 0}), c.op("gather", [sin, pos], {"axis": 0})
+    for v, nm in ((cos, "cos_cache"), (sin, "sin_cache")):
+        if v.type.shape != (b, sq, half):
+            raise NodeError(f"{nm} gives shape {list(v.type.shape)}, needs [{b}, {sq}, {half}]")
+    cos, sin = reshape_to(c, cos, (b, sq, 1, half)), reshape_to(c, sin, (b, sq, 1, half))
+    rot = _sl(c, xs, 3, 0, r)
+    if a["interleaved"]:
+        x1, x2 = _sl(c, rot, 3, 0, r, 2), _sl(c, rot, 3, 1, r, 2)
+    else:
+        x1, x2 = _sl(c, rot, 3, 0, half), _sl(c, rot, 3, half, r)
+    real = c.op("sub", [c.op("mul", [cos, x1]), c.op("mul", [sin, x2])])
+    imag = c.op("add", [c.op("mul", [sin, x1]), c.op("mul", [cos, x2])])
+    if a["interleaved"]:
+        pair = c.op("concat", [reshape_to(c, real, (b, sq, h, half, 1)), reshape_to(c, imag, (b, sq, h, half, 1))],
+                    {"axis": 4})
+        rot = reshape_to(c, pair, (b, sq, h, r))
+    else:
+        rot = c.op("concat", [real, imag], {"axis": 3})
+    y = rot if r == d else c.op("concat", [rot, _sl(c, xs, 3, r, d)], {"axis": 3})
+    return reshape_to(c, y, shape) if x.type.rank == 3 else c.op("transpose", [y], {"perm": (0, 2, 1, 3)})
