@@ -39,19 +39,29 @@ def padded_nhwc(L, op, hp: int, wp: int, cp: int, prefix: str):
     n, c, h, wd = xt.shape
     pt, pl = op.attrs["pads"][:2]
     zx = int(xt.quant.zero_point[0])
-    te, tir = L.te, L.tir
     if not x_nhwc and cp == 4:
         f = amx.pixel_words_func(n, c, h, wd, hp, wp, pt, pl, zx)
         return relax.call_tir(L.add_func(f, f"{prefix}_pixel_words"), relax.Tuple([x]),
                               relax.TensorType((n, hp, wp, 4), "uint8"))
+    return nhwc_te(L, op, hp, wp, cp, lambda v: v, L.tir.const(zx, "uint8"), "pad_nhwc", f"{prefix}_input")
 
-    def nhwc(X):
+
+def nhwc_te(L, op, hp: int, wp: int, cp: int, convert, pad, stage: str, name: str):
+    """A conv's input (NCHW, or NHWC where it already is) laid out padded NHWC [n, hp, wp, cp] by one TE stage:
+    ``convert(value)`` inside the input, ``pad`` in the padding and in channels past the input's."""
+    x_nhwc = L.is_nhwc(op.operands[0])
+    x = L.get_nhwc(op.operands[0]) if x_nhwc else L.get(op.operands[0])
+    n, c, h, wd = op.operands[0].type.shape
+    pt, pl = op.attrs["pads"][:2]
+    te, tir = L.te, L.tir
+
+    def fn(X):
         def at(i, y, z, k):
             yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
             return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl),
-                                    X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz], tir.const(zx, "uint8"))
-        return te.compute((n, hp, wp, cp), at, name="pad_nhwc")
-    return L.te_(nhwc, x, name=f"{prefix}_input")
+                                    convert(X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz]), pad)
+        return te.compute((n, hp, wp, cp), at, name=stage)
+    return L.te_(fn, x, name=name)
 
 
 def qconv2d(L, op, y_nhwc: bool = False):

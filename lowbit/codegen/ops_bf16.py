@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import amx
+from . import amx, ops_amx
 from .lowering import rule
 
 
@@ -49,22 +49,11 @@ def _relu(op) -> bool:
 
 # -- AMX-BF16 -------------------------------------------------------------------------------------------------------
 def _padded_bits(L, op, p):
-    """The conv's f32 input (NCHW, or NHWC where it already is) rounded to bf16 bits, zero-padded and laid out
-    NHWC [n, hp, wp, cpix]; channels past the input's are 0 (they weigh 0 too)."""
-    x_nhwc = L.is_nhwc(op.operands[0])
-    x = L.get_nhwc(op.operands[0]) if x_nhwc else L.get(op.operands[0])
-    n, c, h, wd = op.operands[0].type.shape
-    pt, pl = op.attrs["pads"][:2]
-    te, tir = L.te, L.tir
-
-    def fn(X):
-        def at(i, y, z, k):
-            yy, zz, kk = tir.max(tir.min(y - pt, h - 1), 0), tir.max(tir.min(z - pl, wd - 1), 0), tir.min(k, c - 1)
-            v = X[i, yy, zz, kk] if x_nhwc else X[i, kk, yy, zz]
-            return tir.if_then_else(tir.all(k < c, y >= pt, y < h + pt, z >= pl, z < wd + pl), bf16_bits(tir, v),
-                                    tir.const(0, "uint16"))
-        return te.compute((n, p.hp, p.wp, p.cpix), at, name="bf16_nhwc")
-    return L.te_(fn, x, name="lowbit_bf16_input")
+    """The conv's f32 input rounded to bf16 bits and laid out padded NHWC [n, hp, wp, cpix] (``ops_amx.nhwc_te``);
+    padding and channels past the input's are 0 (they weigh 0 too)."""
+    tir = L.tir
+    return ops_amx.nhwc_te(L, op, p.hp, p.wp, p.cpix, lambda v: bf16_bits(tir, v), tir.const(0, "uint16"),
+                           "bf16_nhwc", "lowbit_bf16_input")
 
 
 def conv2d_amx(L, op):

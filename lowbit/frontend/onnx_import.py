@@ -426,23 +426,10 @@ def import_onnx(source, shapes: dict | None = None) -> Graph:
         g.metadata["upgraded_from_opset"] = original
     ctx = Ctx(g, opset)
     ctx.subgraph = lambda sg, what, bindings: convert_subgraph(ctx, sg, what, bindings)  # If, Loop (onnx_control)
-    init_names = set()
-    for t in mg.initializer:
-        if not t.name:
-            raise LowbitError(f"{name}: an initializer has no name")
-        if t.name in init_names:
-            raise LowbitError(f"{name}: initializer '{t.name}' is given twice")
-        init_names.add(t.name)
+    init_names = _unique_names(mg.initializer, "initializer", "is given twice", name)
+    _unique_names(mg.input, "graph input", "is listed twice", name)
     unbound: list[str] = []
-    real_inputs, seen = [], set()
-    for vi in mg.input:
-        if not vi.name:
-            raise LowbitError(f"{name}: a graph input has no name")
-        if vi.name in seen:
-            raise LowbitError(f"{name}: graph input '{vi.name}' is listed twice")
-        seen.add(vi.name)
-        if vi.name not in init_names:
-            real_inputs.append(vi)
+    real_inputs = [vi for vi in mg.input if vi.name not in init_names]
     unknown = sorted(set(shapes) - {vi.name for vi in real_inputs})
     if unknown:
         raise LowbitError(f"{name}: shapes given for unknown input(s) {', '.join(unknown)}; the model's inputs are "
@@ -568,6 +555,18 @@ def convert_subgraph(ctx: Ctx, sg, what: str, bindings: dict) -> list:
         return outs
     finally:
         ctx.env, ctx.node = saved_env, saved_node
+
+
+def _unique_names(items, what: str, twice: str, name: str) -> set:
+    """The names of ``items`` (initializers, graph inputs): each given and given once, or a LowbitError."""
+    seen: set = set()
+    for it in items:
+        if not it.name:
+            raise LowbitError(f"{name}: a{'n' if what[0] in 'aeiou' else ''} {what} has no name")
+        if it.name in seen:
+            raise LowbitError(f"{name}: {what} '{it.name}' {twice}")
+        seen.add(it.name)
+    return seen
 
 
 def _check_tensors_and_names(mg, name: str) -> None:

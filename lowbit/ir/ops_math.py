@@ -32,11 +32,17 @@ def _same_dtype(types):
     return d
 
 
-def _infer_float_unary(types, attrs):
-    (x,) = types
-    if not x.dtype.is_float:
-        raise ValueError(f"needs a float operand, got {x.dtype.name}")
-    return [TensorType(x.shape, x.dtype)]
+def _float_unary(result_dtype=None):
+    """Type inference of a unary op on floats: the operand's shape, its dtype or ``result_dtype``."""
+    def infer(types, attrs):
+        (x,) = types
+        if not x.dtype.is_float:
+            raise ValueError(f"needs a float operand, got {x.dtype.name}")
+        return [TensorType(x.shape, result_dtype or x.dtype)]
+    return infer
+
+
+_infer_float_unary = _float_unary()
 
 
 def _infer_mod(types, attrs):
@@ -48,11 +54,7 @@ def _infer_mod(types, attrs):
     return [TensorType(broadcast_shapes(*(t.shape for t in types)), d)]
 
 
-def _infer_is_nan(types, attrs):
-    (x,) = types
-    if not x.dtype.is_float:
-        raise ValueError(f"needs a float operand, got {x.dtype.name}")
-    return [TensorType(x.shape, dt.boolean)]
+_infer_is_nan = _float_unary(dt.boolean)
 
 
 def _infer_bit_shift(types, attrs):
