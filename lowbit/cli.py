@@ -106,7 +106,7 @@ def cmd_compile(args) -> int:
         art = compile_model(args.model, target=args.target, pipeline=_pipeline_arg(args),
                             shapes=dict(args.shape or []), calibration=args.calib, report=args.report,
                             codegen=args.codegen, schedule_log=log, keep_integer=args.keep_integer,
-                            keep_bf16=args.keep_bf16)
+                            keep_bf16=args.keep_bf16, tune_db=args.tune_db)
     for w in caught:
         if issubclass(w.category, LowbitWarning):
             print(f"lowbit: warning: {w.message}", file=sys.stderr)
@@ -206,7 +206,10 @@ def cmd_inspect(args) -> int:
         width = max(len(k["name"]) for k in kernels)
         for k in kernels:
             why = "; ".join(f"{name}: {reason}" for name, reason in k.get("passed_over", {}).items())
-            lines.append(f"  {k['name']:<{width}}  {k['op']:<16} {k['kernel']:<16}" + (f" (passed over {why})" if why else ""))
+            tuned = k.get("tuned")
+            mark = f" tuned {tuned['speedup']:.2f}x {tuned['knobs']}" if tuned else ""
+            lines.append(f"  {k['name']:<{width}}  {k['op']:<16} {k['kernel']:<16}{mark}"
+                         + (f" (passed over {why})" if why else ""))
     if "quant_report" in manifest:
         from .quant.report import format_report
 
@@ -321,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "AMX, where they are slower than float (by default the model then stays float, with a warning)")
     c.add_argument("--keep-bf16", action="store_true", help="run bf16 ops (--preset bf16) even on a CPU without "
                    "AMX-BF16, where they compute in f32 (by default the model then stays f32, with a warning)")
+    c.add_argument("--tune-db", metavar="DB", help="a tuning database (lowbit tune): each kernel takes its best "
+                   "record for this target, else its default")
     c.set_defaults(func=cmd_compile)
 
     e = sub.add_parser("export", help="write a model, after a pass pipeline, as an ONNX QDQ model",
@@ -360,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("artifact")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=cmd_inspect)
+    from .cli_tune import add_parsers
+
+    add_parsers(sub, _pipeline_arg, _shape_arg, PRESET_NAMES)
     return p
 
 

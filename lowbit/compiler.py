@@ -126,7 +126,7 @@ def bf16_policy(target, passes, keep_bf16: bool = False):
 
 def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
             report: bool = False, codegen=None, schedule_log: list | None = None, keep_integer: bool = False,
-            keep_bf16: bool = False):
+            keep_bf16: bool = False, tune_db=None):
     """Import (if not a Graph), run ``pipeline``, generate code for ``target``; return an ``Artifact``.
 
     ``calibration`` feeds passes that need data (``quantize``): an .npz path, a directory of them, or an
@@ -137,7 +137,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
     line per schedule rule that declined a kernel. Where integer kernels would be slower than float
     (``integer_policy``) the model stays float, with a warning (``warnings.warn`` and the manifest's
     ``warnings``), unless ``keep_integer``; likewise bf16 without AMX-BF16 (``bf16_policy``) unless
-    ``keep_bf16``."""
+    ``keep_bf16``. ``tune_db``, a tuning database (``lowbit tune``), gives each kernel its best measured knobs
+    for this target (``autotune.tuned_config``); the manifest's kernel records mark the tuned ones."""
     import warnings
 
     from . import codegen as cg
@@ -163,7 +164,18 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
         with prog.step("measuring per-layer quantization error"):
             reference = run_pipeline(p.source, [q for q in p.passes if q.name not in QUANTIZING_PASSES])
             quant_report = layer_report(reference, p.graph, p.calibration)
+    tuned = {}
+    if tune_db is not None:
+        from .autotune import tuned_config
+
+        with prog.step(f"looking up tuned kernels in {tune_db}"):
+            config, tuned = tuned_config(p.graph, tgt, config, tune_db)
     art = cg.build(p.graph, tgt, config, progress=prog, schedule_log=schedule_log)
+    for k in art.manifest["kernels"]:
+        if k["name"] in tuned:
+            k["tuned"] = tuned[k["name"]]
+    if tune_db is not None:
+        art.manifest["tune_db"] = {"path": os.path.basename(str(tune_db)), "tuned_kernels": len(tuned)}
     art.manifest["pipeline"] = str(p.passes)
     meta = getattr(p.source, "metadata", None)
     if meta:  # e.g. the ONNX opset, and the one an old model was upgraded from

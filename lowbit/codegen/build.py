@@ -67,16 +67,16 @@ def _fuse(mod):
 
 
 def schedule(graph, target: Target, config: CodegenConfig | None = None, kernels: list | None = None,
-             log: list | None = None):
+             log: list | None = None, lower_options: dict | None = None):
     """The IRModule of ``graph`` lowered, fused and scheduled for ``target``, before LLVM/CUDA code generation
     (``kernels``, when given, receives the kernel choices, as the manifest records them; ``log`` the schedule
-    rules' reasons for declining)."""
+    rules' reasons for declining; ``lower_options``: ``to_relax``'s keyword options, for the autotuner)."""
     from tvm.s_tir import dlight as dl
 
     config = config or CodegenConfig()
     target = Target.parse(target)
     vector_rounding()
-    mod, chosen = to_relax(graph, target, config)
+    mod, chosen = to_relax(graph, target, config, **(lower_options or {}))
     if kernels is not None:
         kernels.extend(chosen)
     mod = _fuse(mod)
@@ -92,7 +92,7 @@ def schedule(graph, target: Target, config: CodegenConfig | None = None, kernels
 
 
 def build_module(graph, target, config: CodegenConfig | None = None, kernels: list | None = None,
-                 log: list | None = None):
+                 log: list | None = None, lower_options: dict | None = None):
     """The TVM executable of ``graph`` for ``target`` (run in-process with ``tvm.relax.VirtualMachine``)."""
     import tvm
     from tvm import relax
@@ -101,7 +101,7 @@ def build_module(graph, target, config: CodegenConfig | None = None, kernels: li
     target = Target.parse(target)
     if any(target.has(f) and f in cpu_flags() for f in ("amx_int8", "amx_bf16")):
         enable_amx()  # so this process can run what it builds (cross-compiling needs no AMX)
-    mod = schedule(graph, target, config, kernels, log)
+    mod = schedule(graph, target, config, kernels, log, lower_options)
     try:
         if isinstance(target, CudaTarget):
             return tvm.compile(mod, target.tvm())

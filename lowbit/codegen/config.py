@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from ..errors import LowbitError
 
 # knobs that take effect per kernel (read where one op is lowered or one kernel scheduled)
-PER_KERNEL = ("tile", "accumulators", "vnni_rows", "vnni_pixels", "vnni_tasks", "amx_tasks",
-              "depthwise_plane_elements", "panel_columns", "min_parallel")
+PER_KERNEL = ("tile", "accumulators", "vectors", "loop_order", "reduce_unroll", "vnni_rows", "vnni_pixels",
+              "vnni_tasks", "amx_tasks", "depthwise_plane_elements", "panel_columns", "min_parallel")
+# knobs where 0 means "the schedule rule decides"
+_AUTO_ZERO = ("vectors", "loop_order")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,12 @@ class CodegenConfig:
     # Contraction rule: register tile rows over the unrolled spatial axis, and accumulator registers in all
     tile: int = 8
     accumulators: int = 16
+    # Contraction rule, TIR-level: vectors per register-tile row (0: the rule picks 1 or 2; 1 or 2 forces it where
+    # the extent allows), loop order (0: the rule picks; 1: the vector operand's block outermost, e.g. weights kept
+    # hot; 2: spatial tiles outermost), unroll factor of the innermost reduction loop (1: not unrolled)
+    vectors: int = 0
+    loop_order: int = 0
+    reduce_unroll: int = 1
     # NCHW dot4 conv (vpdpbusd via tensorize): output columns per register tile of 16-channel accumulators
     vnni_rows: int = 8
     # NHWC VNNI conv (vnni.py): output pixels per register tile (beside up to 4 channel vectors), parallel tasks
@@ -59,8 +67,13 @@ class CodegenConfig:
             raise LowbitError(f"codegen knob vm_exec_mode must be compiled or bytecode, got {self.vm_exec_mode!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
-            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
-                raise LowbitError(f"codegen knob {f.name} must be a positive integer, got {v!r}")
+            low = 0 if f.name in _AUTO_ZERO else 1
+            if f.type == "int" and (not isinstance(v, int) or isinstance(v, bool) or v < low):
+                raise LowbitError(f"codegen knob {f.name} must be a {'non-negative' if low == 0 else 'positive'} "
+                                  f"integer, got {v!r}")
+        if self.vectors > 2 or self.loop_order > 2:
+            raise LowbitError(f"codegen knobs vectors and loop_order are 0, 1 or 2, got {self.vectors} and "
+                              f"{self.loop_order}")
         if not self.channel_blocks or any(not isinstance(c, int) or c < 1 for c in self.channel_blocks):
             raise LowbitError(f"codegen knob channel_blocks must be positive integers, got {self.channel_blocks!r}")
         if self.panel_columns % 8:

@@ -86,9 +86,15 @@ def _blocks(sch):
     return out
 
 
-def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None):
+def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, input_layouts: dict | None = None,
+             native_outputs: bool = False, layouts: dict | None = None):
     """(IRModule, kernels): a module whose ``main`` takes the graph inputs (in order) and returns a tuple of
     its outputs, and one record per op of the kernel chosen (``name``, ``op``, ``kernel``, ``passed_over``).
+
+    For the autotuner, which times one kernel as it runs inside its model: ``input_layouts`` ({input index:
+    ``"nhwc"`` or an int channel block}) takes those inputs in that layout, ``native_outputs`` returns every
+    output in the layout its producer made it in, and ``layouts``, a dict, receives per op name the layouts its
+    operands were made in (``"plain"``, ``"nhwc"``, ``"b16"``...; constants ``"const"``).
 
     On x86 targets float convolutional activations stay channel-blocked (NCHWc, ``layout.py``) between the
     ops that understand that layout; on AMX targets u8 convolutions run on AMX tiles (the process that runs
@@ -100,10 +106,27 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None):
     config = config or CodegenConfig()
     bb = relax.BlockBuilder()
     used: set = set()
-    params = [relax.Var(_ident(v.name, used), relax.TensorType(v.type.shape, np_dtype(v.type))) for v in graph.inputs]
-    env = {v: p for v, p in zip(graph.inputs, params)}  # plain layout
+    input_layouts = input_layouts or {}
+    env: dict = {}  # plain layout
     benv: dict = {}  # blocked layout: value -> (expr, channels per block)
     nenv: dict = {}  # NHWC layout (integer regions): value -> expr
+    native: dict = {}  # value -> the layout its producer made it in
+    params = []
+    for i, v in enumerate(graph.inputs):
+        lay, shape = input_layouts.get(i, "plain"), list(v.type.shape)
+        if lay == "nhwc":
+            shape = [shape[0], *shape[2:], shape[1]]
+        elif lay != "plain":
+            shape = [shape[0], shape[1] // lay, *shape[2:], lay]
+        p = relax.Var(_ident(v.name, used), relax.TensorType(shape, np_dtype(v.type)))
+        params.append(p)
+        if lay == "nhwc":
+            nenv[v] = p
+        elif lay == "plain":
+            env[v] = p
+        else:
+            benv[v] = (p, lay)
+        native[v] = lay if isinstance(lay, str) else f"b{lay}"
     L = Lowerer(bb, target, config)
     blocked = isinstance(target, X86Target)
     plan = layout.plan(graph, config.channel_blocks) if blocked else {}
@@ -137,10 +160,13 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None):
                     continue
                 L.funcs = []
                 name = op.loc or f"{op.opname}_{i}"
+                if layouts is not None:
+                    layouts[name] = [native.get(v, "const") for v in op.operands]
                 try:
                     if len(op.results) == 1 and id(op.result) in plan:
                         cb = plan[id(op.result)]
                         benv[op.result] = (L.emit(layout.lower_blocked(L, op, cb, plan, get_blocked)), cb)
+                        native[op.result] = f"b{cb}"
                         kernels.append({"name": name, "op": op.opname, "kernel": f"nchw{cb}c"})
                     else:
                         k, passed = choose(L, op)
@@ -151,17 +177,23 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None):
                         kernels.append(record)
                         if k.layout == "nhwc":
                             nenv[op.result] = L.emit(res)
+                            native[op.result] = "nhwc"
                         else:
                             res = res if isinstance(res, list) else [res]
                             for r, e in zip(op.results, res, strict=True):
                                 env[r] = L.emit(e)
+                                native[r] = "plain"
                 except LowbitError:
                     raise
                 except Exception as e:
                     raise LowbitError(f"{op.describe()}: lowering to TVM failed: {str(e).splitlines()[0]}") from None
                 if op.loc in per_kernel and L.funcs:
                     _annotate(bb, L.funcs, op.loc)
-            outs = [get(v) for v in graph.outputs]
+            if native_outputs:
+                outs = [nenv[v] if native.get(v) == "nhwc" else benv[v][0] if str(native.get(v)).startswith("b")
+                        else get(v) for v in graph.outputs]
+            else:
+                outs = [get(v) for v in graph.outputs]
             out = bb.emit_output(relax.Tuple(outs))
         bb.emit_func_output(out)
     return bb.get(), kernels

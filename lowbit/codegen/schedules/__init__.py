@@ -304,6 +304,9 @@ class Contraction(LowbitRule):
         vbytes = _vector_bytes(self.lb_target)
         self.tile = self.knob(sch, main.block_rv, "tile")
         self.accumulators = self.knob(sch, main.block_rv, "accumulators")
+        self.vectors = self.knob(sch, main.block_rv, "vectors")
+        self.loop_order = self.knob(sch, main.block_rv, "loop_order")
+        self.reduce_unroll = self.knob(sch, main.block_rv, "reduce_unroll")
         min_parallel = self.knob(sch, main.block_rv, "min_parallel")
         others = [i for i in infos if i is not main]
         # producers that only copy (a pad_temp without padding, for 1x1 convs) are inlined into the loads
@@ -452,6 +455,8 @@ class Contraction(LowbitRule):
         # ``self.accumulators`` (32 vector registers hold them, the V weight vectors and one broadcast); per
         # reduction step V + R loads feed V*R multiply-adds. The most accumulators wins, then the wider V.
         options = [1, 2] if vl == lanes and ve % (2 * vl) == 0 and reg is not None else [1]
+        if self.vectors in options:  # the knob forces one width where it can be had (0: the rule picks)
+            options = [self.vectors]
         best = (0, 1, 1)
         for v in options:
             r = _largest_divisor(_extent(sch, loops[reg]), self.accumulators // v) if reg is not None else 1
@@ -470,11 +475,19 @@ class Contraction(LowbitRule):
         red = [loops[i] for i in reduce]
         inner = ([ri] if reg is not None else []) + ([vu] if wide else []) + [vi]
         weight_like = not any(iters[i].var in vo_vars for i in spatial if i != vec)
+        if self.loop_order:  # 1: the vector operand's block outermost, 2: the spatial tiles outermost
+            weight_like = self.loop_order == 1
         if weight_like:  # e.g. packed conv weights, matmul B: keep one block of it hot across the spatial tiles
             order = [vo] + outer + ([ro] if reg is not None else [])
         else:
             order = outer + ([ro] if reg is not None else []) + [vo]
         sch.reorder(*order, *red, *inner)
+        red_outer = red[0]
+        u = _largest_divisor(_extent(sch, red[-1]) or 1, self.reduce_unroll)
+        if u > 1:  # the innermost reduction loop unrolled by u (more independent loads in flight)
+            r_o, r_i = sch.split(red[-1], [None, u])
+            red_outer = r_o if len(red) == 1 else red[0]
+            sch.unroll(r_i)
         tile_loop, par = order[-1], order[:-1]
         acc = sch.cache_write(block, 0, "local")
         # keep the vector axis innermost in the accumulator, or every multiply-add gathers and scatters
@@ -497,7 +510,7 @@ class Contraction(LowbitRule):
             sch.parallel(par_loop)
         elif (_extent(sch, tile_loop) or 1) > 1:
             sch.parallel(tile_loop)
-        sch.decompose_reduction(block, red[0])  # last: the primitives above need the complete reduction
+        sch.decompose_reduction(block, red_outer)  # last: the primitives above need the complete reduction
         tile_loop = sch.get_loops(acc)[len(sch.get_loops(acc)) - len(sch.get(acc).iter_vars) - 1]
         return tile_loop, acc, par_loop, iters[vec].var
 

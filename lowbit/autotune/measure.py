@@ -1,0 +1,141 @@
+"""Building and timing one candidate of one task.
+
+``build_candidate`` lowers the task's one-op graph with the candidate's knobs set for its kernel (inputs in the
+model's layouts, the output left in the kernel's), schedules it with lowbit's rules and builds it with TVM;
+the scheduled module's structural hash identifies the code, so two candidates that schedule to the same code
+are measured once. ``LocalRunner`` times ``main`` of the Relax VM in this process; ``rpc.RPCMeasurer`` times
+exported libraries on TVM RPC servers. Timings are the per-repeat seconds of TVM's ``time_evaluator`` (each
+repeat long enough to time: ``min_repeat_ms``); the tuner records their median.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LowbitError
+from .workload import KERNEL, Task
+
+
+@dataclass
+class Built:
+    """A candidate built (``ex``: the Relax executable) or not (``error``); ``code`` hashes its scheduled TIR."""
+
+    knobs: dict
+    ex: object = None
+    error: str | None = None
+    code: int | None = None
+    kernel: str | None = None
+    build_s: float = 0.0
+
+
+def arg_specs(task: Task) -> list[tuple[list[int], str]]:
+    """(shape, dtype) of each input of the task's ``main``, in the layouts the model makes them in."""
+    out = []
+    for i, v in enumerate(task.graph.inputs):
+        s, lay = list(v.type.shape), task.input_layouts.get(i, "plain")
+        if lay == "nhwc":
+            s = [s[0], *s[2:], s[1]]
+        elif lay != "plain":
+            s = [s[0], s[1] // lay, *s[2:], lay]
+        out.append((s, v.type.dtype.np_dtype.name))
+    return out
+
+
+def random_args(specs, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for shape, dtype in specs:
+        dt = np.dtype(dtype)
+        if dt.kind in "iu":
+            lo, hi = (0, 8) if dt.kind == "u" else (-8, 8)
+            out.append(rng.integers(lo, hi, size=shape).astype(dt))
+        elif dt.kind == "b":
+            out.append(rng.random(shape) < 0.5)
+        else:
+            out.append(rng.uniform(-1, 1, size=shape).astype(dt))
+    return out
+
+
+def config_for(knobs: dict, base=None):
+    """``base`` (default: the defaults) with ``knobs`` set for the task's kernel."""
+    from ..codegen import CodegenConfig
+
+    base = CodegenConfig.parse(base)
+    return dataclasses.replace(base, kernels=((KERNEL, tuple(sorted(knobs.items()))),)) if knobs else base
+
+
+def build_candidate(task: Task, target, knobs: dict, base=None) -> Built:
+    """Lower, schedule and build ``task`` with ``knobs``; a failure is returned as ``error``, not raised."""
+    import time
+
+    import tvm_ffi
+    from tvm import relax
+
+    from ..codegen.build import schedule
+    from ..runtime.host import cpu_flags, enable_amx
+
+    t0 = time.perf_counter()
+    if any(target.has(f) and f in cpu_flags() for f in ("amx_int8", "amx_bf16")):
+        enable_amx()
+    kernels: list = []
+    try:
+        mod = schedule(task.graph, target, config_for(knobs, base), kernels,
+                       lower_options={"input_layouts": task.input_layouts, "native_outputs": True})
+        code = int(tvm_ffi.structural_hash(mod))
+        ex = relax.build(mod, target.tvm(), exec_mode="compiled")
+    except LowbitError as e:
+        return Built(knobs, error=str(e), build_s=time.perf_counter() - t0)
+    except Exception as e:  # a knob value TVM's schedule primitives reject: a failed candidate, never a crash
+        lines = str(e).strip().splitlines()
+        return Built(knobs, error=f"build failed: {lines[-1] if lines else type(e).__name__}",
+                     build_s=time.perf_counter() - t0)
+    kernel = next((k["kernel"] for k in kernels if k["name"] == KERNEL), None)
+    return Built(knobs, ex=ex, code=code, kernel=kernel, build_s=time.perf_counter() - t0)
+
+
+@dataclass
+class Timing:
+    runs_s: list | None = None
+    error: str | None = None
+    lost: bool = False
+    server: str = "local"
+
+
+class LocalRunner:
+    """Times candidates in this process: ``repeat`` repeats of at least ``min_repeat_ms`` each."""
+
+    def __init__(self, repeat: int = 5, min_repeat_ms: int = 25, warmup: int = 1):
+        self.repeat, self.min_repeat_ms, self.warmup = repeat, min_repeat_ms, warmup
+        self._args: dict = {}
+
+    def run(self, task: Task, built: Built) -> Timing:
+        import tvm
+        from tvm import relax
+
+        dev = tvm.cpu()
+        key = task.key
+        if key not in self._args:
+            self._args = {key: [tvm.runtime.tensor(a, dev) for a in random_args(arg_specs(task))]}
+        args = self._args[key]
+        try:
+            vm = relax.VirtualMachine(built.ex, dev)
+            for _ in range(self.warmup):
+                vm["main"](*args)
+            te = vm.time_evaluator("main", dev, number=1, repeat=self.repeat, min_repeat_ms=int(self.min_repeat_ms))
+            return Timing(runs_s=[float(x) for x in te(*args).results])
+        except Exception as e:
+            lines = str(e).strip().splitlines()
+            return Timing(error=f"run failed: {lines[-1] if lines else type(e).__name__}")
+
+
+def export(built: Built, directory: str, name: str) -> str:
+    """Write the candidate's library for a remote runner; returns its path."""
+    path = os.path.join(directory, f"{name}.so")
+    built.ex.export_library(path)
+    return path
+
+
+__all__ = ["Built", "Timing", "LocalRunner", "build_candidate", "arg_specs", "random_args", "config_for", "export"]
