@@ -30,19 +30,20 @@ def run_passes(graph, pipeline: str, ctx=None):
 
 
 def compile(graph_or_path, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,
-            report=False, codegen=None, keep_integer=False, keep_bf16=False):
+            report=False, codegen=None, keep_integer=False, keep_bf16=False, tune_db=None):
     """Compile a Graph, an ONNX path or a torch-free model into an ``Artifact`` (see ``Artifact.save``).
 
     ``calibration`` (an .npz path, a directory of them, or an iterable of ``{input name: array}``) feeds the
     ``quantize`` pass, e.g. ``lowbit.compile("m.onnx", pipeline="int8", calibration=samples)``; ``codegen``
     sets code generation knobs (``"tile=4,conv0:amx_tasks=8"``, a dict or a ``CodegenConfig``). On a CPU with
     neither VNNI nor AMX the model stays float (a ``LowbitWarning`` says so) unless ``keep_integer``; the
-    ``bf16`` preset likewise stays f32 on a CPU without AMX-BF16 unless ``keep_bf16``."""
+    ``bf16`` preset likewise stays f32 on a CPU without AMX-BF16 unless ``keep_bf16``. ``tune_db`` (a
+    database ``lowbit tune`` wrote) gives each kernel its best measured knobs for this target."""
     from .compiler import compile as _compile
 
     return _compile(graph_or_path, target=target, pipeline=pipeline, shapes=shapes, progress=progress,
                     calibration=calibration, report=report, codegen=codegen, keep_integer=keep_integer,
-                    keep_bf16=keep_bf16)
+                    keep_bf16=keep_bf16, tune_db=tune_db)
 
 
 def __getattr__(name):

@@ -25,7 +25,7 @@ from .database import Database, Record, canonical_json
 from .measure import LocalRunner, build_candidate, export
 from .model import CostModel, features
 from .space import Space, canonical
-from .workload import Task
+from .workload import KERNEL, Task
 
 
 def versions() -> str:
@@ -293,8 +293,10 @@ class Tuner:
 
 
 def describe(task: Task) -> str:
-    shapes = "x".join(map(str, task.graph.ops[-1].result.type.shape))
-    return f"{task.op} {task.kernel} -> {shapes}" + (f" (x{len(task.names)})" if len(task.names) > 1 else "")
+    op = next(o for o in task.graph.ops if o.loc == KERNEL)
+    epi = "+".join(o.opname for o in task.graph.ops if o.loc and o.loc.startswith(KERNEL + "_"))
+    shapes = "x".join(map(str, op.result.type.shape))
+    return f"{task.op}{'+' + epi if epi else ''} {task.kernel} -> {shapes}" + (f" (x{len(task.names)})" if len(task.names) > 1 else "")
 
 
 __all__ = ["Tuner", "TaskState", "versions", "target_keys", "describe"]

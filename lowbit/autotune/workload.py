@@ -34,7 +34,7 @@ class Task:
 
     key: str
     op: str
-    kernel: str
+    kernel: str  # the epilogue ops' part of the key follows "+"
     names: list[str]
     graph: Graph
     input_layouts: dict
@@ -91,23 +91,44 @@ def _bytes(op: Op) -> float:
     return float(sum(v.type.size * v.type.dtype.np_dtype.itemsize for v in [*op.operands, *op.results]))
 
 
-def one_op_graph(op: Op) -> tuple[Graph, list[int]]:
-    """A graph of ``op`` alone, named ``KERNEL``: its constant operands copied, the others graph inputs; and
-    for each input the index of the operand it stands for."""
-    g = Graph(f"tune_{op.opname}")
-    vmap, which = {}, []
-    for j, v in enumerate(op.operands):
-        if id(v) in vmap:
-            continue
-        if v.is_const:
-            vmap[id(v)] = g.const(v.const_value, type=v.type)
-        else:
-            vmap[id(v)] = g.add_input(f"in{len(which)}", v.type)
-            which.append(j)
-    new = Op(op.opname, [vmap[id(v)] for v in op.operands], op.attrs, [r.type for r in op.results], KERNEL)
-    g.insert(new)
-    g.set_outputs(list(new.results), [f"out{i}" for i in range(len(new.results))])
-    return g, which
+def epilogue(graph: Graph, op: Op) -> list[Op]:
+    """The elementwise ops after ``op`` that TVM fuses into its kernel (bias, activation, residual add): each
+    the only user of the one before, which is no graph output."""
+    ew = ops_with("elementwise")
+    chain, v = [], op.result
+    while not graph.is_output(v) and len(v.users) == 1 and v.users[0].opname in ew and len(v.users[0].results) == 1:
+        nxt = v.users[0]
+        if sum(1 for x in nxt.operands if x is v) != 1:
+            break
+        chain.append(nxt)
+        v = nxt.result
+    return chain
+
+
+def one_op_graph(ops: list[Op], layouts: dict[str, list[str]] | None = None) -> tuple[Graph, list[str]]:
+    """A graph of ``ops`` (a kernel and its epilogue), the first named ``KERNEL``: constant operands copied,
+    every other value from outside a graph input; and per input its layout (from ``layouts``: op name ->
+    operand layouts, default plain)."""
+    g = Graph(f"tune_{ops[0].opname}")
+    vmap, lays = {}, []
+    for n, op in enumerate(ops):
+        name = op.loc or ""
+        for j, v in enumerate(op.operands):
+            if id(v) in vmap:
+                continue
+            if v.is_const:
+                vmap[id(v)] = g.const(v.const_value, type=v.type)
+            else:
+                vmap[id(v)] = g.add_input(f"in{len(lays)}", v.type)
+                lays.append((layouts or {}).get(name, ["plain"] * len(op.operands))[j])
+        new = Op(op.opname, [vmap[id(v)] for v in op.operands], op.attrs, [r.type for r in op.results],
+                 KERNEL if n == 0 else f"{KERNEL}_e{n}")
+        g.insert(new)
+        for r, nr in zip(op.results, new.results):
+            vmap[id(r)] = nr
+    last = g.ops[-1]
+    g.set_outputs(list(last.results), [f"out{i}" for i in range(len(last.results))])
+    return g, lays
 
 
 def extract(graph: Graph, target, config=None, ops: frozenset | None = None) -> list[Task]:
@@ -138,17 +159,19 @@ def extract(graph: Graph, target, config=None, ops: frozenset | None = None) -> 
             continue  # per-kernel knobs are keyed by a unique op name: an op without one cannot take its own
         lay = layouts[name]
         kernel = kernel_of[name]
-        key = workload_key(op, lay, kernel)
+        chain = [op] + epilogue(graph, op)
+        key = workload_key(op, lay, kernel) + "".join(
+            "+" + workload_key(e, layouts.get(e.loc or "", []), kernel_of.get(e.loc or "", "?")) for e in chain[1:])
         if key in tasks:
             tasks[key].names.append(name)
             continue
-        sub, which = one_op_graph(op)
+        sub, lays = one_op_graph(chain, layouts)
         input_layouts = {}
-        for i, j in enumerate(which):
-            if lay[j] == "nhwc":
+        for i, la in enumerate(lays):
+            if la == "nhwc":
                 input_layouts[i] = "nhwc"
-            elif lay[j].startswith("b"):
-                input_layouts[i] = int(lay[j][1:])
+            elif la.startswith("b"):
+                input_layouts[i] = int(la[1:])
         shapes = {"inputs": [list(v.type.shape) for v in op.operands], "dtypes": [v.type.dtype.name for v in op.operands]}
         tasks[key] = Task(key, op.opname, kernel, [name], sub, input_layouts, flops(op), _bytes(op), shapes)
     return list(tasks.values())

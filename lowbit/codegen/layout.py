@@ -76,9 +76,10 @@ def _scalar_like(v) -> bool:
     return all(d == 1 for d in v.type.shape)
 
 
-def plan(graph, blocks=DEFAULT_BLOCKS) -> dict[int, int]:
-    """id(value) -> channels per block, for every value the lowering keeps in the blocked layout."""
-    blocked: dict[int, int] = {}
+def plan(graph, blocks=DEFAULT_BLOCKS, given: dict | None = None) -> dict[int, int]:
+    """id(value) -> channels per block, for every value the lowering keeps in the blocked layout (``given``:
+    graph inputs that arrive blocked, id -> channels per block)."""
+    blocked: dict[int, int] = dict(given or {})
     for op in graph.ops:
         if len(op.results) != 1 or not _f32_4d(op.result):
             continue

@@ -129,7 +129,9 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
         native[v] = lay if isinstance(lay, str) else f"b{lay}"
     L = Lowerer(bb, target, config)
     blocked = isinstance(target, X86Target)
-    plan = layout.plan(graph, config.channel_blocks) if blocked else {}
+    given = {id(v): lay for v, lay in zip(graph.inputs, [input_layouts.get(i) for i in range(len(graph.inputs))])
+             if isinstance(lay, int)}
+    plan = layout.plan(graph, config.channel_blocks, given) if blocked else {}
     per_kernel = {k for k, _ in config.kernels}
 
     def get(v):
