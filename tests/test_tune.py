@@ -88,10 +88,10 @@ def test_records_are_applied_per_kernel_and_marked_in_inspect(tmp_path):
 
 def test_tune_cli_xgb_then_show_merge_export(tmp_path):
     db = tmp_path / "a.db"
-    p = run_cli("tune", TINY, "-o", db, "--trials", "24", "--batch", "4", "--search", "xgb", check_rc=0)
+    p = run_cli("tune", TINY, "-o", db, "--trials", "16", "--batch", "4", "--search", "xgb", check_rc=0)
     assert "lowbit tune: done:" in p.stderr and "speedup" in p.stdout
     summary = json.loads(run_cli("tune-db", "show", db, "--json", check_rc=0).stdout)
-    assert summary["records"] >= 24 and summary["workloads"] == 4
+    assert summary["records"] >= 16 and summary["workloads"] == 4
     assert all(b["speedup"] >= 1.0 for b in summary["best"] if b["speedup"] is not None)
     run_cli("tune-db", "export", db, "-o", tmp_path / "a.jsonl", check_rc=0)
     run_cli("tune-db", "import", tmp_path / "b.db", tmp_path / "a.jsonl", check_rc=0)
@@ -125,22 +125,22 @@ def test_sigkill_mid_batch_keeps_every_reported_record_and_the_rerun_resumes(tmp
         for line in proc.stderr:
             if line.startswith("lowbit tune: ["):
                 reported = int(line.split("[", 1)[1].split()[0])
-                if reported >= 10:
+                if reported >= 6:
                     time.sleep(0.15)  # into the next batch: built, measuring, not committed
                     break
             assert time.time() < deadline, "no progress from lowbit tune"
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert reported >= 10
+    assert reported >= 6
     with Database(db, create=False) as d:
         before = d.summary()["records"]
     assert before >= reported  # nothing it reported is lost (a batch committed after the last line may be there too)
-    p = run_cli("tune", TINY, "-o", db, "--trials", "6", "--batch", "2", "--search", "random", check_rc=0)
+    p = run_cli("tune", TINY, "-o", db, "--trials", "4", "--batch", "2", "--search", "random", check_rc=0)
     with Database(db, create=False) as d:
         after = d.summary()["records"]
     done = int(p.stderr.split("lowbit tune: done: ", 1)[1].split()[0])
-    assert done >= 6 and after == before + done  # every candidate it measured was new: none measured twice
+    assert done >= 4 and after == before + done  # every candidate it measured was new: none measured twice
 
 
 def test_cost_model_ranks_and_spearman():
@@ -154,3 +154,23 @@ def test_cost_model_ranks_and_spearman():
     m = CostModel(rounds=60).fit(rows[:40], truth[:40], [0] * 40)
     assert spearman(m.predict(rows[40:]), truth[40:]) > 0.6
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_records_of_other_versions_are_re_measured_before_use(tmp_path):
+    import io
+
+    from lowbit.autotune.database import Database, Record
+    from lowbit.autotune.tuner import Tuner, target_keys, versions
+    from lowbit.autotune.workload import extract
+    from lowbit.codegen import Target
+
+    tgt = Target.parse("auto")
+    exact, family, _ = target_keys(tgt)
+    task = extract(_graph(), tgt)[1]
+    old = '{"lowbit":"0.0.1","tvm":"0.26","tvm_ffi":"0.1"}'
+    with Database(tmp_path / "v.db") as db:
+        db.add_batch([Record(workload=task.key, target=exact, family=family, knobs='{"tile":4}', status="ok",
+                             latency_us=1.0, versions=old)])
+        assert db.best(task.key, exact, family, versions())[0] is None  # never used as it was measured
+        Tuner([task], tgt, db, trials=2, batch=2, search="random", stream=io.StringIO()).run()
+        assert set(db.measured(task.key, exact, versions())) == {"{}", '{"tile":4}'}

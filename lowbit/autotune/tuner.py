@@ -12,6 +12,7 @@ batches, every task getting its default and a first batch before that.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -59,6 +60,7 @@ class TaskState:
     trials: int = 0  # measured this run
     history: list = field(default_factory=list)  # best_us after each batch
     exhausted: bool = False
+    priority: list = field(default_factory=list)  # candidates to measure first (stale records' best)
 
     @property
     def weight(self) -> float:
@@ -99,6 +101,9 @@ class Tuner:
         for text, rec in self.db.measured(s.task.key, self.exact, self.versions).items():
             s.measured[text] = rec.latency_us if rec.status == "ok" else None
             self._note(s, text, s.measured[text])
+        # the best candidates another lowbit/TVM version measured: re-measured first, never used unmeasured
+        stale = sorted(self.db.stale(s.task.key, self.exact, self.versions), key=lambda r: r.latency_us)
+        s.priority = [json.loads(r.knobs) for r in stale[:4] if r.knobs not in s.measured]
         s.history.append(s.best_us)
 
     def _note(self, s: TaskState, text: str, us: float | None) -> None:
@@ -116,12 +121,14 @@ class Tuner:
         picked: dict = {}
         if "{}" not in s.measured:
             picked["{}"] = s.space.default()
+        while s.priority and len(picked) < self.batch:
+            k = {**s.space.default(), **s.priority.pop(0)}
+            if self._fresh(s, k, set(picked)):
+                picked[canonical(k)] = k
         pool: dict = {}
         tries = 0
         want = max(256, 4 * self.batch)
         top = sorted((us, t) for t, us in s.measured.items() if us is not None)[:8]
-        import json
-
         while len(pool) < want and tries < want * 4:
             tries += 1
             if top and self.rng.random() < 0.5:
@@ -158,8 +165,6 @@ class Tuner:
             default = self._default_of(rec.workload, rec.target)
             if not default:
                 continue
-            import json
-
             rows.append(features(infos.get(rec.workload, {}), self.tinfo, json.loads(rec.knobs)))
             labels.append(math.log(default / rec.latency_us))
             groups.append(hash((rec.workload, rec.target)))
