@@ -61,11 +61,12 @@ MARGIN = 0.97
 def tuned_config(graph, target, config, db_path) -> tuple:
     """(config with the database's best knobs set per kernel, {op name: {"knobs", "speedup", "match"}}):
     each kernel of ``graph`` takes its best record for this target (else its feature family) and these
-    versions when that beat the default by at least 3 %, else keeps the default. Per-kernel settings already
-    in ``config`` win."""
+    versions when that beat the default by at least 3 % — and, where the tuner re-timed it against the default
+    at the end (``Tuner.confirm``), held that up — else keeps the default. Per-kernel settings already in
+    ``config`` win."""
     from ..codegen import CodegenConfig
     from .database import Database
-    from .tuner import target_keys, versions
+    from .tuner import CONFIRMED, target_keys, versions
     from .workload import extract
 
     config = CodegenConfig.parse(config)
@@ -74,12 +75,16 @@ def tuned_config(graph, target, config, db_path) -> tuple:
     taken = {k for k, _ in config.kernels}
     extra, notes = [], {}
     with Database(db_path, create=False, readonly=True) as db:
+        infos = db.workloads()
         for task in extract(graph, target, config):
             best, default, how = db.best(task.key, exact, family, ver)
             if best is None or default is None or best.knobs == "{}":
                 continue
             if best.latency_us >= MARGIN * default.latency_us:
                 continue
+            seen = infos.get(task.key, {}).get(CONFIRMED + exact)
+            if how == "exact" and seen is not None and (seen["knobs"] != best.knobs or seen["speedup"] * MARGIN < 1):
+                continue  # re-timed against the default at the end of tuning, it did not hold up
             knobs = json.loads(best.knobs)
             for name in task.names:
                 if name in taken:

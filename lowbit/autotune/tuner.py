@@ -29,6 +29,9 @@ from .space import Space, canonical
 from .workload import KERNEL, Task
 
 
+CONFIRMED = "confirmed "  # + exact target text: a workload info key holding the re-timed best of that target
+
+
 def versions() -> str:
     import tvm
     import tvm_ffi
@@ -267,8 +270,35 @@ class Tuner:
             self.curve.append((time.perf_counter() - self.t0, self.total, self.model_latency()))
             self._report(s, len(recs))
             self._train()
+        self.confirm()
         self._say("done: " + self.summary_line())
         return self.states
+
+    def confirm(self, rounds: int = 3) -> None:
+        """Re-time each kernel's best candidate against its default, alternating, and store the outcome in the
+        workload's info (``confirmed`` per exact target): ``compile --tune-db`` takes a confirmed candidate only,
+        so a record that was fast by chance (a quieter moment of a shared machine) is not used."""
+        for s in self.states:
+            if s.best_knobs == "{}" or not s.best_us or not s.default_us:
+                continue
+            best = {**s.space.default(), **json.loads(s.best_knobs)}
+            built = [build_candidate(s.task, self.target, k) for k in (s.space.default(), best)]
+            if any(b.error for b in built):
+                continue
+            times: list = [[], []]
+            for _ in range(rounds):
+                for i, tm in enumerate(self._run(s, built)):
+                    if tm.runs_s:
+                        times[i].extend(tm.runs_s)
+            if not times[0] or not times[1]:
+                continue
+            d, b = statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
+            info = {CONFIRMED + self.exact: {"knobs": s.best_knobs, "speedup": round(d / b, 4),
+                                             "default_us": round(d, 2), "best_us": round(b, 2)}}
+            self.db.add_batch([], {s.task.key: info})
+            if d / b < 1.0:  # the default wins on a second look: no gain to report
+                s.best_us, s.best_knobs = s.default_us, "{}"
+            self._say(f"confirmed {describe(s.task)}: {d:.1f} -> {b:.1f} us ({d / b:.2f}x)")
 
     # -- progress --------------------------------------------------------------------------------------------
     def _eta(self) -> str:
@@ -304,4 +334,4 @@ def describe(task: Task) -> str:
     return f"{task.op}{'+' + epi if epi else ''} {task.kernel} -> {shapes}" + (f" (x{len(task.names)})" if len(task.names) > 1 else "")
 
 
-__all__ = ["Tuner", "TaskState", "versions", "target_keys", "describe"]
+__all__ = ["Tuner", "TaskState", "versions", "target_keys", "describe", "CONFIRMED"]
