@@ -79,7 +79,7 @@ def _fix_batch(onnx_bytes: bytes, shapes: dict) -> bytes:
 def bench(name, precision, batch, a, work) -> dict:
     import lowbit
     import lowbit.runtime as rt
-    from lowbit.autotune import tune
+    from lowbit.compiler import tune
     from zoo import registry
 
     bm = registry()[name]()

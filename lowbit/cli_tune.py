@@ -9,7 +9,7 @@ from .errors import LowbitError
 
 
 def cmd_tune(args, pipeline_arg) -> int:
-    from .autotune import tune
+    from .compiler import tune
 
     if args.trials is not None and args.trials < 1:
         raise LowbitError(f"--trials must be a positive number, got {args.trials}")

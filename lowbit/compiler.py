@@ -1,6 +1,6 @@
 """The compile driver: load → (calibration) → pass pipeline → code generation → artifact.
 
-The Python API (``lowbit.compile``), ``lowbit compile`` and ``lowbit export`` all go through here, so the
+The Python API (``lowbit.compile``), ``lowbit compile``, ``lowbit export`` and ``lowbit tune`` all go through here, so the
 sequence — and what is checked before any slow step — is written once. Code generation (``lowbit.codegen``)
 sees only the optimized graph; it knows no file formats and no passes.
 
@@ -205,4 +205,41 @@ def export(model, path, fmt: str = "onnx-qdq", pipeline="int8", *, shapes=None, 
     write_atomically(path, to_onnx_qdq(p.graph).SerializeToString())
 
 
-__all__ = ["load_model", "prepare", "Prepared", "compile", "export", "integer_policy", "bf16_policy"]
+def tune(model, db_path, *, target="auto", pipeline="O2", shapes=None, calibration=None, trials: int = 0,
+         time_budget: float = 0.0, search: str = "xgb", batch: int = 8, rpc: str | None = None, seed: int = 0,
+         stream=None, progress=None):
+    """Tune ``model``'s kernels for ``target`` into the database at ``db_path`` (created if missing; resumed
+    if it holds records for this target). ``rpc`` = ``"HOST:PORT:KEY"`` measures on TVM RPC servers
+    registered with that tracker. Returns the tuner (its ``states`` hold per-kernel results). The pipeline
+    and the integer / bf16 policies are ``compile``'s, so the tuned kernels are the ones it builds."""
+    from .autotune.database import Database
+    from .autotune.tuner import Tuner
+    from .autotune.workload import extract
+    from .codegen import Target
+    from .passes import parse_pipeline
+
+    tgt = Target.parse(target)
+    if not trials and not time_budget:
+        raise LowbitError("give --trials or --time-budget (or both): tuning needs a limit")
+    passes, _ = integer_policy(tgt, parse_pipeline(pipeline))
+    passes, _ = bf16_policy(tgt, passes)
+    runner = None
+    if rpc:
+        from .autotune.rpc import RPCMeasurer
+
+        host, _, rest = rpc.rpartition(":")
+        if not host or ":" not in host:
+            raise LowbitError(f"--rpc wants HOST:PORT:KEY, got '{rpc}'")
+        runner = RPCMeasurer(host, rest)
+    p = prepare(model, passes, shapes=shapes, calibration=calibration, progress=progress)
+    tasks = extract(p.graph, tgt)
+    name = p.source.name if hasattr(p.source, "name") else ""
+    with Database(db_path) as db:
+        tuner = Tuner(tasks, tgt, db, trials=trials, time_budget=time_budget, search=search, batch=batch,
+                      runner=runner, seed=seed, model_name=str(model) if isinstance(model, str) else name,
+                      stream=stream)
+        tuner.run()
+    return tuner
+
+
+__all__ = ["load_model", "prepare", "Prepared", "compile", "export", "tune", "integer_policy", "bf16_policy"]

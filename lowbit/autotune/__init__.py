@@ -7,51 +7,13 @@ model, measurement in this process or on TVM RPC servers.
 - ``model.py``: the XGBoost ranking cost model. ``tuner.py``: the search and the task scheduler.
 - ``database.py``: SQLite in WAL mode, one transaction per measured batch.
 
->>> tune("resnet18.onnx", "r18.db", trials=200)                   # doctest: +SKIP
+>>> lowbit.compiler.tune("resnet18.onnx", "r18.db", trials=200)   # doctest: +SKIP
 >>> lowbit.compile("resnet18.onnx", tune_db="r18.db")             # doctest: +SKIP
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-
-
-def tune(model, db_path, *, target="auto", pipeline="O2", shapes=None, calibration=None, trials: int = 0,
-         time_budget: float = 0.0, search: str = "xgb", batch: int = 8, rpc: str | None = None, seed: int = 0,
-         stream=None, progress=None):
-    """Tune ``model``'s kernels for ``target`` into the database at ``db_path`` (created if missing; resumed
-    if it holds records for this target). ``rpc`` = ``"HOST:PORT:KEY"`` measures on TVM RPC servers
-    registered with that tracker. Returns the tuner (its ``states`` hold per-kernel results)."""
-    from ..codegen import Target
-    from ..compiler import bf16_policy, integer_policy, prepare
-    from ..errors import LowbitError
-    from ..passes import parse_pipeline
-    from .database import Database
-    from .tuner import Tuner
-    from .workload import extract
-
-    tgt = Target.parse(target)
-    if not trials and not time_budget:
-        raise LowbitError("give --trials or --time-budget (or both): tuning needs a limit")
-    passes, _ = integer_policy(tgt, parse_pipeline(pipeline))
-    passes, _ = bf16_policy(tgt, passes)
-    runner = None
-    if rpc:
-        from .rpc import RPCMeasurer
-
-        host, _, rest = rpc.rpartition(":")
-        if not host or ":" not in host:
-            raise LowbitError(f"--rpc wants HOST:PORT:KEY, got '{rpc}'")
-        runner = RPCMeasurer(host, rest)
-    p = prepare(model, passes, shapes=shapes, calibration=calibration, progress=progress)
-    tasks = extract(p.graph, tgt)
-    name = p.source.name if hasattr(p.source, "name") else ""
-    with Database(db_path) as db:
-        tuner = Tuner(tasks, tgt, db, trials=trials, time_budget=time_budget, search=search, batch=batch,
-                      runner=runner, seed=seed, model_name=str(model) if isinstance(model, str) else name,
-                      stream=stream)
-        tuner.run()
-    return tuner
 
 
 # a tuned kernel is used only when it measured at least this much faster than its default (timing noise)
@@ -96,4 +58,4 @@ def tuned_config(graph, target, config, db_path) -> tuple:
     return dataclasses.replace(config, kernels=config.kernels + tuple(extra)), notes
 
 
-__all__ = ["tune", "tuned_config", "MARGIN"]
+__all__ = ["tuned_config", "MARGIN"]

@@ -3,9 +3,9 @@
 ``build_candidate`` lowers the task's one-op graph with the candidate's knobs set for its kernel (inputs in the
 model's layouts, the output left in the kernel's), schedules it with lowbit's rules and builds it with TVM;
 the scheduled module's structural hash identifies the code, so two candidates that schedule to the same code
-are measured once. ``LocalRunner`` times ``main`` of the Relax VM in this process; ``rpc.RPCMeasurer`` times
-exported libraries on TVM RPC servers. Timings are the per-repeat seconds of TVM's ``time_evaluator`` (each
-repeat long enough to time: ``min_repeat_ms``); the tuner records their median.
+are measured once. ``LocalRunner`` times ``main`` of the Relax VM in this process, one call at a time after a
+cache flush; ``rpc.RPCMeasurer`` times exported libraries on TVM RPC servers (TVM's ``time_evaluator``). The
+tuner records the median of the per-call (per-repeat) seconds.
 """
 from __future__ import annotations
 
@@ -105,13 +105,19 @@ class Timing:
 
 
 class LocalRunner:
-    """Times candidates in this process: ``repeat`` repeats of at least ``min_repeat_ms`` each."""
+    """Times candidates in this process: ``repeat`` calls, each after ``flush_bytes`` of other data have gone
+    through the caches, as in the model, where the layers before a kernel evict its weights from L1/L2 (timed
+    back to back, a kernel whose weights fit in L2 would look faster than it runs in its model). Each call is
+    timed alone with ``perf_counter``; the per-call list is the timing."""
 
-    def __init__(self, repeat: int = 5, min_repeat_ms: int = 25, warmup: int = 1):
-        self.repeat, self.min_repeat_ms, self.warmup = repeat, min_repeat_ms, warmup
+    def __init__(self, repeat: int = 15, flush_bytes: int = 16 << 20, warmup: int = 2):
+        self.repeat, self.warmup = repeat, warmup
+        self._flush = np.zeros(flush_bytes // 8, dtype=np.float64)
         self._args: dict = {}
 
     def run(self, task: Task, built: Built) -> Timing:
+        import time
+
         import tvm
         from tvm import relax
 
@@ -122,10 +128,16 @@ class LocalRunner:
         args = self._args[key]
         try:
             vm = relax.VirtualMachine(built.ex, dev)
+            f = vm["main"]
             for _ in range(self.warmup):
-                vm["main"](*args)
-            te = vm.time_evaluator("main", dev, number=1, repeat=self.repeat, min_repeat_ms=int(self.min_repeat_ms))
-            return Timing(runs_s=[float(x) for x in te(*args).results])
+                f(*args)
+            runs = []
+            for _ in range(self.repeat):
+                self._flush += 1.0  # streams the buffer through every cache level
+                t0 = time.perf_counter()
+                f(*args)
+                runs.append(time.perf_counter() - t0)
+            return Timing(runs_s=runs)
         except Exception as e:
             lines = str(e).strip().splitlines()
             return Timing(error=f"run failed: {lines[-1] if lines else type(e).__name__}")

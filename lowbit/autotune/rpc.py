@@ -3,22 +3,21 @@ it under a key (``serve``: ``lowbit rpc-server``, ``python -m lowbit.autotune.rp
 times the Relax VM's "main" of exported libraries on them, one worker thread per free server.
 
 >>> RPCMeasurer("127.0.0.1:9190", "cpu").measure_many([Job(0, "m.so", [([1, 3, 32, 32], "float32")])])  # doctest: +SKIP
-[Result(id=0, runs_s=[0.00013, 0.00012, 0.00012], error=None, lost=False, server='127.0.0.1:9091', attempts=1)]
 
 What of TVM, and why
 - The server is TVM's ``tvm.rpc.server.PopenRPCServerState`` (what ``tvm.rpc.Server`` starts in a PopenWorker),
-  run in the serving process itself: that process listens and forks a child per session, so AMX permission is
-  requested where the forks happen, SIGTERM reaches the process that knows the children, and a server costs one
-  TVM import (~4 s), not two. Around it: a session child that dies abnormally (a segfaulting kernel) makes TVM's
-  listener thread raise and stop serving for good, so ``_serving`` is wrapped to log and go on; session children
-  get PR_SET_PDEATHSIG (a SIGKILLed server leaves no orphan serving on) and the default SIGTERM action (the
-  inherited Python handler would only run after the kernel: TVM's kill at the session timeout would wait for it).
+  run in the serving process itself: it listens and forks a child per session, so AMX permission is requested
+  where the forks happen, SIGTERM reaches the process that knows the children, and a server costs one TVM import
+  (~4 s), not two. Around it: a session child dying abnormally (a segfaulting kernel) makes TVM's listener raise
+  and stop serving for good, so ``_serving`` is wrapped to log and go on; session children get PR_SET_PDEATHSIG
+  (a SIGKILLed server leaves no orphan serving on) and SIGTERM's default action (the Python handler they inherit
+  would run only after the kernel: TVM's kill at the session timeout would wait for it).
 - Sessions are TVM's: ``tvm.rpc.connect`` with the tracker's match key, ``upload``, ``load_module``, the remote
-  ``cpu()``, ``tvm.runtime.tensor``, ``VirtualMachine(remote_lib, remote_dev)`` and its ``time_evaluator`` of
+  ``cpu()``, ``tvm.runtime.tensor``, ``VirtualMachine(remote_lib, remote_dev)``, its ``time_evaluator`` of
   ``invoke_stateful``. TVM's client serializes calls per session and releases the GIL while it waits.
 - The tracker gets its own messages (``TrackerCode.SUMMARY``, ``REQUEST``) through ``tvm.rpc.base`` on a socket
-  this module can time out and ``select`` on: ``TrackerSession.request`` waits without bound for a free server
-  (seen: forever, once the only server had died) and retries a refused tracker for 60 s.
+  that can time out and be ``select``ed: ``TrackerSession.request`` waits without bound for a free server (seen:
+  forever, once the only server had died) and retries a refused tracker for 60 s.
 - Not MetaSchedule's ``RPCRunner``: it times ``rt_mod.time_evaluator(rt_mod.entry_name)`` of a TIR module with
   ``TensorInfo`` arguments (a Relax VM needs ``vm_load_executable``, ``vm_initialization``, ``set_input``: every
   hook but session creation would be replaced), opens a session per candidate in a PopenPoolExecutor (a process
@@ -27,18 +26,17 @@ What of TVM, and why
 
 Losses, and what bounds them
 - Lost: the connection breaks (server killed, refused, reset), the server ends the session at ``session_timeout``
-  ("RPCSessionTimeoutError"), or the watchdog ends it: a session's calls must finish by its start +
-  ``session_timeout`` + ``SESSION_GRACE``, a connect within ``CONNECT_TIMEOUT``, a probe within ``PROBE_TIMEOUT``;
-  past that the session's socket (found in /proc/self/fd by its peer) is shut down and the blocked call raises.
-  Waiting for a server is bounded by ``request_timeout`` and stops as soon as no job waits.
+  ("RPCSessionTimeoutError"), or the watchdog does: a session's calls must end by its start + ``session_timeout``
+  + ``SESSION_GRACE``, a connect within ``CONNECT_TIMEOUT``, a probe within ``PROBE_TIMEOUT``, or the session's
+  socket (found in /proc/self/fd by its peer) is shut down and the blocked call raises. Waiting for a server is
+  bounded by ``request_timeout`` and stops as soon as no job waits. Sessions are renewed before they run out.
 - After a failure one remote call probes the session: an answer means the kernel failed on a healthy server
   (``MeasurementError``, recorded); none while the server's listener still answers a handshake means the kernel
-  took its session down (a crash: ``MeasurementError`` too); otherwise the server is gone (``MeasurementLost``):
-  the job is queued again, and after ``max_attempts`` losses returned with ``lost=True``, no time.
-- Workers renew a session before the server's timeout could cut a job short.
+  took its session down (a crash: ``MeasurementError`` too); else the server is gone (``MeasurementLost``): the
+  job is queued again, and after ``max_attempts`` losses returned with ``lost=True``, no time.
 
-Needs ``tornado`` (the tracker) and ``psutil`` (TVM's server ends a timed-out session's children with it; so does
-``serve``): ``pip install 'lowbit[rpc]'``. Linux only (prctl, /proc).
+Needs ``tornado`` and ``cloudpickle`` (the tracker) and ``psutil`` (TVM's server ends a timed-out session's children
+with it; so does ``serve``): ``pip install 'lowbit[rpc]'``. Linux only (prctl, /proc).
 """
 from __future__ import annotations
 
@@ -258,6 +256,12 @@ class _Watchdog(threading.Thread):
         with self.lock:
             self.phases.pop(worker, None)
 
+    def cut_all(self) -> None:
+        with self.lock:
+            sessions = [p[1] for p in self.phases.values() if p[1] is not None]
+        for session in sessions:
+            session.shut()
+
     def run(self) -> None:
         while not self.stop.wait(0.2):
             now = time.monotonic()
@@ -344,7 +348,7 @@ class RPCMeasurer:
     """Times "main" of Relax VM libraries on the servers a TVM RPC tracker has for ``key`` (see the module's doc
     for how losses are told from failures and how every wait is bounded)."""
 
-    def __init__(self, tracker: str, key: str, number: int = 3, repeat: int = 3, min_repeat_ms: int = 50,
+    def __init__(self, tracker: str, key: str, number: int = 1, repeat: int = 5, min_repeat_ms: int = 25,
                  session_timeout: float = 60, max_attempts: int = 3, request_timeout: float = 60):
         self.tracker, self.addr, self.key = tracker, parse_address(tracker), key
         self.number, self.repeat, self.min_repeat_ms = int(number), int(repeat), int(min_repeat_ms)
@@ -553,8 +557,9 @@ class RPCMeasurer:
                     continue
                 got += 1
                 record(i, res)
-        except BaseException:
+        except BaseException:  # on_result raised, or ^C: stop the workers now, drop what they were doing
             work.halt()
+            dog.cut_all()
             raise
         finally:
             for t in threads:
@@ -581,10 +586,6 @@ class RPCMeasurer:
 
 
 # -- the server -----------------------------------------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
-_HARDENED = False
-
-
 def _session_child() -> None:
     """In a forked session child: die by SIGKILL with the listener thread that forked it, and by SIGTERM at once
     (the server's Python handler it inherits would only run once TVM's C++ loop returns: TVM's own kill at the
@@ -592,19 +593,18 @@ def _session_child() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)
     try:
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
 
 
 def _harden_tvm_server() -> None:
     """Keep TVM's listener serving when a session child dies abnormally, and have session children die with it."""
-    global _HARDENED
-    if _HARDENED:
-        return
     from tvm.rpc import server as tvm_server
 
     serving = tvm_server._serving  # the per-session function TVM's _listen_loop looks up at each connection
+    if getattr(serving, "lowbit_guarded", False):
+        return
 
     def guarded(sock, addr, opts, load_library):
         cwd = os.getcwd()
@@ -618,9 +618,9 @@ def _harden_tvm_server() -> None:
                 shutil.rmtree(workdir, ignore_errors=True)
             sock.close()
 
+    guarded.lowbit_guarded = True
     tvm_server._serving = guarded
     os.register_at_fork(after_in_child=_session_child)
-    _HARDENED = True
 
 
 def _listen(host: str, port: int, port_end: int, key: str, tracker_addr, silent: bool):
@@ -633,9 +633,12 @@ def _listen(host: str, port: int, port_end: int, key: str, tracker_addr, silent:
         raise LowbitError(f"the RPC server cannot listen on {host}:{port}..{port_end}: {e}") from None
 
 
-def _registered(summary: dict, key: str, port: int) -> bool:
-    return any(s.get("key") == "server:" + key and int(s.get("addr", [None, -1])[1]) == port
-               for s in summary.get("server_info", []))
+def _registered(tracker: str, key: str, port: int) -> bool:
+    try:
+        servers = tracker_summary(tracker).get("server_info", [])
+    except LowbitError:
+        return False
+    return any(s.get("key") == "server:" + key and int(s.get("addr", [None, -1])[1]) == port for s in servers)
 
 
 def _end_children(state, psutil) -> None:
@@ -687,17 +690,11 @@ def serve(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090, por
     code = 1
     try:
         deadline = time.monotonic() + 30
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                if _registered(tracker_summary(tracker), key, state.port):
-                    break
-            except LowbitError:
-                pass
-            stop.wait(0.1)
-        else:
-            if not stop.is_set():
+        while not _registered(tracker, key, state.port) and not stop.wait(0.1):
+            if time.monotonic() > deadline:
                 print(f"lowbit rpc-server: not registered with the tracker {tracker} after 30 s; TVM keeps trying",
                       file=sys.stderr, flush=True)
+                break
         print(f"lowbit rpc-server: serving key {key} on {host}:{state.port}, tracker {tracker}", flush=True)
         if on_ready is not None:
             on_ready(state.port)
@@ -738,8 +735,7 @@ def main_rpc_server(argv=None) -> int:
 
 # -- helpers for tests and benchmarks -------------------------------------------------------------------------
 class _GroupPopen(subprocess.Popen):
-    """A Popen whose signals go to its whole process group (TVM's tracker runs in a PopenWorker child that
-    outlives its parent)."""
+    """Signals go to the whole process group (TVM's tracker runs in a PopenWorker child that outlives it)."""
 
     def send_signal(self, sig):
         try:
