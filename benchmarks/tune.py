@@ -28,7 +28,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from int8 import _interleaved_ms, _samples  # noqa: E402  (same timing as benchmarks/int8.py)
+from int8 import _interleaved_ms, _samples, ort_int8_models  # noqa: E402  (as benchmarks/int8.py does it)
 
 CNNS = ("resnet18", "mobilenet_v2", "efficientnet_lite0")
 
@@ -39,28 +39,6 @@ def _ort(path, threads):
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = threads, 1, 3
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-
-
-def _ort_int8(src, calib, text: bool, work: pathlib.Path) -> dict:
-    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            return next(self.it, None)
-    pre = work / f"{src.stem}.pre.onnx"
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=text)
-    out = {"static": work / f"{src.stem}.qdq.onnx"}
-    quantize_static(str(pre), str(out["static"]), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    if text:
-        out["dynamic"] = work / f"{src.stem}.dyn.onnx"
-        quantize_dynamic(str(pre), str(out["dynamic"]), weight_type=QuantType.QInt8)
-    return out
 
 
 def _fix_batch(onnx_bytes: bytes, shapes: dict) -> bytes:
@@ -118,7 +96,7 @@ def bench(name, precision, batch, a, work) -> dict:
     rt.set_threads(a.threads)
     sessions = {"ort_fp32_ms": _ort(src, a.threads)}
     if precision == "int8":
-        for kind, path in _ort_int8(src, calib, text, work).items():
+        for kind, path in ort_int8_models(src, calib, text, work).items():
             sessions[f"ort_int8_{kind}_ms"] = _ort(path, a.threads)
     for key, s in sessions.items():
         fns[key] = lambda s=s: s.run(None, feed)

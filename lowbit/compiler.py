@@ -227,16 +227,15 @@ def tune(model, db_path, *, target="auto", pipeline="O2", shapes=None, calibrati
     if rpc:
         from .autotune.rpc import RPCMeasurer
 
-        host, _, rest = rpc.rpartition(":")
-        if not host or ":" not in host:
+        tracker, _, key = rpc.rpartition(":")
+        if ":" not in tracker or not key:
             raise LowbitError(f"--rpc wants HOST:PORT:KEY, got '{rpc}'")
-        runner = RPCMeasurer(host, rest)
+        runner = RPCMeasurer(tracker, key)
     p = prepare(model, passes, shapes=shapes, calibration=calibration, progress=progress)
     tasks = extract(p.graph, tgt)
-    name = p.source.name if hasattr(p.source, "name") else ""
     with Database(db_path) as db:
         tuner = Tuner(tasks, tgt, db, trials=trials, time_budget=time_budget, search=search, batch=batch,
-                      runner=runner, seed=seed, model_name=str(model) if isinstance(model, str) else name,
+                      runner=runner, seed=seed, model_name=str(model) if isinstance(model, str) else p.source.name,
                       stream=stream)
         tuner.run()
     return tuner

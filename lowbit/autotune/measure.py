@@ -44,19 +44,27 @@ def arg_specs(task: Task) -> list[tuple[list[int], str]]:
     return out
 
 
+def random_input(shape, dtype: str, rng) -> np.ndarray:
+    """A random array to time a kernel on: booleans, integers in [-8, 7] (clamped to the dtype), floats in
+    [-1, 1); a spec that is not (static shape, dtype) raises ValueError."""
+    import ml_dtypes
+
+    try:
+        dt, shape = np.dtype(dtype), tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"an input must be (static shape, dtype), got ({shape!r}, {dtype!r})") from None
+    if dt.kind == "b":
+        return rng.integers(0, 2, shape).astype(dt)
+    try:
+        info = ml_dtypes.iinfo(dt)
+    except ValueError:
+        return rng.uniform(-1.0, 1.0, shape).astype(np.float32).astype(dt)
+    return rng.integers(max(int(info.min), -8), min(int(info.max), 7) + 1, shape).astype(dt)
+
+
 def random_args(specs, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    out = []
-    for shape, dtype in specs:
-        dt = np.dtype(dtype)
-        if dt.kind in "iu":
-            lo, hi = (0, 8) if dt.kind == "u" else (-8, 8)
-            out.append(rng.integers(lo, hi, size=shape).astype(dt))
-        elif dt.kind == "b":
-            out.append(rng.random(shape) < 0.5)
-        else:
-            out.append(rng.uniform(-1, 1, size=shape).astype(dt))
-    return out
+    return [random_input(shape, dtype, rng) for shape, dtype in specs]
 
 
 def config_for(knobs: dict, base=None):
@@ -150,4 +158,5 @@ def export(built: Built, directory: str, name: str) -> str:
     return path
 
 
-__all__ = ["Built", "Timing", "LocalRunner", "build_candidate", "arg_specs", "random_args", "config_for", "export"]
+__all__ = ["Built", "Timing", "LocalRunner", "build_candidate", "arg_specs", "random_input", "random_args",
+           "config_for", "export"]

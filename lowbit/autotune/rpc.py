@@ -286,20 +286,12 @@ class _Watchdog(threading.Thread):
 
 # -- the measurer ---------------------------------------------------------------------------------------------
 def _random_input(shape, dtype: str, rng):
-    import ml_dtypes  # noqa: F401  (registers bfloat16, float8_*, int4 with numpy)
-    import numpy as np
+    from .measure import random_input
 
     try:
-        dt, shape = np.dtype(dtype), tuple(int(d) for d in shape)
-    except (TypeError, ValueError):
-        raise MeasurementError(f"an input must be (static shape, dtype), got ({shape!r}, {dtype!r})") from None
-    if dt.kind == "b":
-        return rng.integers(0, 2, shape).astype(dt)
-    try:
-        info = ml_dtypes.iinfo(dt)
-    except ValueError:
-        return rng.uniform(-1.0, 1.0, shape).astype(np.float32).astype(dt)
-    return rng.integers(max(int(info.min), -8), min(int(info.max), 7) + 1, shape).astype(dt)
+        return random_input(shape, dtype, rng)
+    except ValueError as e:
+        raise MeasurementError(str(e)) from None
 
 
 class _Work:

@@ -14,7 +14,6 @@ kernels). Kernels whose code no knob changes have no space and are not tuned.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import random
 
@@ -98,11 +97,6 @@ class Space:
             out[k] = vals[max(0, min(len(vals) - 1, i + rng.choice((-1, 1))))] if rng.random() < 0.7 \
                 else rng.choice(vals)
         return out
-
-    def all(self):
-        keys = list(self.doms)
-        for vals in itertools.product(*(self.doms[k] for k in keys)):
-            yield dict(zip(keys, vals))
 
 
 __all__ = ["Space", "domains", "canonical", "DEFAULTS", "KNOBS"]

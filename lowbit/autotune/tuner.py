@@ -93,6 +93,7 @@ class Tuner:
         self.states = [s for s in self.states if len(s.space)]
         self.model = CostModel(seed=seed)
         self.code_seen: dict = {}  # (task key, code hash) -> latency_us
+        self._defaults: dict = {}  # (workload, target) -> the default's latency_us in the database, or None
         self.t0 = time.perf_counter()
         self.total = 0
         self.curve: list = []  # (seconds, trials, model-weighted latency)
@@ -174,11 +175,10 @@ class Tuner:
         self.model.fit(rows, labels, groups)
 
     def _default_of(self, workload: str, target: str) -> float | None:
-        cache = self.__dict__.setdefault("_defaults", {})
-        if (workload, target) not in cache:
+        if (workload, target) not in self._defaults:
             d = self.db.measured(workload, target, self.versions).get("{}")
-            cache[(workload, target)] = d.latency_us if d is not None and d.status == "ok" else None
-        return cache[(workload, target)]
+            self._defaults[(workload, target)] = d.latency_us if d is not None and d.status == "ok" else None
+        return self._defaults[(workload, target)]
 
     # -- measuring -------------------------------------------------------------------------------------------
     def _measure(self, s: TaskState, cands: list[dict]) -> list[Record]:

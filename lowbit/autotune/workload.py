@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import LowbitError
 from ..ir.graph import Graph, Op
 from ..ir.registry import ops_with
 
@@ -140,10 +139,7 @@ def extract(graph: Graph, target, config=None, ops: frozenset | None = None) -> 
     target = Target.parse(target)
     config = CodegenConfig.parse(config)
     layouts: dict = {}
-    try:
-        _, chosen = to_relax(graph, target, config, layouts=layouts)
-    except LowbitError:
-        raise
+    _, chosen = to_relax(graph, target, config, layouts=layouts)
     kernel_of = {k["name"]: k["kernel"] for k in chosen}
     ops = ops or ops_with("compute")
     names = [op.loc or f"{op.opname}_{i}" for i, op in enumerate(graph.ops)]
