@@ -4,8 +4,9 @@
 model's layouts, the output left in the kernel's), schedules it with lowbit's rules and builds it with TVM;
 the scheduled module's structural hash identifies the code, so two candidates that schedule to the same code
 are measured once. ``LocalRunner`` times ``main`` of the Relax VM in this process, one call at a time after a
-cache flush; ``rpc.RPCMeasurer`` times exported libraries on TVM RPC servers (TVM's ``time_evaluator``). The
-tuner records the median of the per-call (per-repeat) seconds.
+cache flush, each call of a candidate paired with one of the task's default; ``rpc.RPCMeasurer`` times exported
+libraries on TVM RPC servers (TVM's ``time_evaluator``). The tuner records the default's median and, for a
+paired candidate, the default's latency times the median ratio.
 """
 from __future__ import annotations
 
@@ -110,22 +111,34 @@ class Timing:
     error: str | None = None
     lost: bool = False
     server: str = "local"
+    ratio: float | None = None  # median of (this call / the reference's call just before it), when paired
 
 
 class LocalRunner:
     """Times candidates in this process: ``repeat`` calls, each after ``flush_bytes`` of other data have gone
     through the caches, as in the model, where the layers before a kernel evict its weights from L1/L2 (timed
     back to back, a kernel whose weights fit in L2 would look faster than it runs in its model). Each call is
-    timed alone with ``perf_counter``; the per-call list is the timing."""
+    timed alone with ``perf_counter``.
 
-    def __init__(self, repeat: int = 15, flush_bytes: int = 16 << 20, warmup: int = 2):
+    With a ``reference`` (the task's default), every call of the candidate follows one of the reference, and
+    the timing's ``ratio`` is the median of the pairs' ratios: on a shared 2-core VM the same code runs at two
+    speeds seconds apart (1.6 vs 2.5 ms for one ResNet-18 convolution), so absolute medians taken at different
+    moments differ by up to 1.4x, while the ratio of neighbouring calls stays within about 5 %."""
+
+    def __init__(self, repeat: int = 21, flush_bytes: int = 16 << 20, warmup: int = 2):
         self.repeat, self.warmup = repeat, warmup
         self._flush = np.zeros(flush_bytes // 8, dtype=np.float64)
         self._args: dict = {}
 
-    def run(self, task: Task, built: Built) -> Timing:
+    def _call(self, f, args) -> float:
         import time
 
+        self._flush += 1.0  # streams the buffer through every cache level
+        t0 = time.perf_counter()
+        f(*args)
+        return time.perf_counter() - t0
+
+    def run(self, task: Task, built: Built, reference: Built | None = None, repeat: int | None = None) -> Timing:
         import tvm
         from tvm import relax
 
@@ -135,17 +148,19 @@ class LocalRunner:
             self._args = {key: [tvm.runtime.tensor(a, dev) for a in random_args(arg_specs(task))]}
         args = self._args[key]
         try:
-            vm = relax.VirtualMachine(built.ex, dev)
-            f = vm["main"]
+            f = relax.VirtualMachine(built.ex, dev)["main"]
+            g = relax.VirtualMachine(reference.ex, dev)["main"] if reference is not None else None
             for _ in range(self.warmup):
                 f(*args)
-            runs = []
-            for _ in range(self.repeat):
-                self._flush += 1.0  # streams the buffer through every cache level
-                t0 = time.perf_counter()
-                f(*args)
-                runs.append(time.perf_counter() - t0)
-            return Timing(runs_s=runs)
+                if g is not None:
+                    g(*args)
+            runs, ratios = [], []
+            for _ in range(repeat or self.repeat):
+                ref = self._call(g, args) if g is not None else None
+                runs.append(self._call(f, args))
+                if ref:
+                    ratios.append(runs[-1] / ref)
+            return Timing(runs_s=runs, ratio=float(np.median(ratios)) if ratios else None)
         except Exception as e:
             lines = str(e).strip().splitlines()
             return Timing(error=f"run failed: {lines[-1] if lines else type(e).__name__}")

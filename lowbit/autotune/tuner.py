@@ -78,14 +78,14 @@ class Tuner:
 
     def __init__(self, tasks: list[Task], target, db: Database, *, trials: int = 0, time_budget: float = 0.0,
                  search: str = "xgb", batch: int = 8, runner=None, seed: int = 0, model_name: str = "",
-                 stream=None, explore: float = 0.25):
+                 stream=None, explore: float = 0.25, confirm: bool = True):
         if search not in ("xgb", "random"):
             raise LowbitError(f"unknown search '{search}' (known: xgb, random)")
         self.target, self.db, self.search, self.batch = target, db, search, max(1, batch)
         self.trials, self.time_budget = trials, time_budget
         self.runner = runner or LocalRunner()
         self.rng = random.Random(seed)
-        self.model_name, self.explore = model_name, explore
+        self.model_name, self.explore, self.confirming = model_name, explore, confirm
         self.stream = stream if stream is not None else sys.stderr
         self.exact, self.family, self.tinfo = target_keys(target)
         self.versions = versions()
@@ -94,6 +94,7 @@ class Tuner:
         self.model = CostModel(seed=seed)
         self.code_seen: dict = {}  # (task key, code hash) -> latency_us
         self._defaults: dict = {}  # (workload, target) -> the default's latency_us in the database, or None
+        self._refs: dict = {}  # task key -> its default, built (LocalRunner pairs every candidate with it)
         self.t0 = time.perf_counter()
         self.total = 0
         self.curve: list = []  # (seconds, trials, model-weighted latency)
@@ -195,23 +196,38 @@ class Tuner:
                 out.append(Record(status="ok", latency_us=us, runs_us=(us,), host="same code", **base))
             else:
                 todo.append((b, base))
-        for (b, base), tm in zip(todo, self._run(s, [b for b, _ in todo])):
-            if tm.lost:
-                continue  # never recorded: proposed again later
-            if tm.error:
-                out.append(Record(status="run_error", latency_us=None, error=tm.error, host=tm.server, **base))
-                continue
-            runs = tuple(r * 1e6 for r in tm.runs_s)
-            us = statistics.median(runs)
-            self.code_seen[(s.task.key, b.code)] = us
-            out.append(Record(status="ok", latency_us=us, runs_us=runs, host=tm.server, **base))
+        # here, the default first: the candidates after it are timed against it (remote: all at once)
+        groups = [todo]
+        if isinstance(self.runner, LocalRunner):
+            groups = [[t for t in todo if t[1]["is_default"]], [t for t in todo if not t[1]["is_default"]]]
+        for group in groups:
+            for (b, base), tm in zip(group, self._run(s, [b for b, _ in group])):
+                if tm.lost:
+                    continue  # never recorded: proposed again later
+                if tm.error:
+                    out.append(Record(status="run_error", latency_us=None, error=tm.error, host=tm.server, **base))
+                    continue
+                runs = tuple(r * 1e6 for r in tm.runs_s)
+                us = s.default_us * tm.ratio if tm.ratio and s.default_us else statistics.median(runs)
+                if base["is_default"]:
+                    s.default_us = us
+                self.code_seen[(s.task.key, b.code)] = us
+                out.append(Record(status="ok", latency_us=us, runs_us=runs, host=tm.server, **base))
         return out
+
+    def _reference(self, s: TaskState):
+        """The task's default, built once: the candidate timed beside each candidate (``LocalRunner``)."""
+        if s.task.key not in self._refs:
+            b = build_candidate(s.task, self.target, s.space.default())
+            self._refs[s.task.key] = None if b.error else b
+        return self._refs[s.task.key]
 
     def _run(self, s: TaskState, built: list) -> list:
         if not built:
             return []
         if isinstance(self.runner, LocalRunner):
-            return [self.runner.run(s.task, b) for b in built]
+            return [self.runner.run(s.task, b, reference=self._reference(s) if s.default_us and
+                                    canonical(b.knobs) != "{}" else None) for b in built]
         from .measure import Timing, arg_specs
         from .rpc import Job
 
@@ -270,7 +286,8 @@ class Tuner:
             self.curve.append((time.perf_counter() - self.t0, self.total, self.model_latency()))
             self._report(s, len(recs))
             self._train()
-        self.confirm()
+        if self.confirming:
+            self.confirm()
         self._say("done: " + self.summary_line())
         return self.states
 
@@ -285,14 +302,21 @@ class Tuner:
             built = [build_candidate(s.task, self.target, k) for k in (s.space.default(), best)]
             if any(b.error for b in built):
                 continue
-            times: list = [[], []]
-            for _ in range(rounds):
-                for i, tm in enumerate(self._run(s, built)):
-                    if tm.runs_s:
-                        times[i].extend(tm.runs_s)
-            if not times[0] or not times[1]:
-                continue
-            d, b = statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
+            if isinstance(self.runner, LocalRunner):  # paired with the default, call by call
+                tm = self.runner.run(s.task, built[1], reference=built[0], repeat=rounds * self.runner.repeat)
+                if not tm.ratio:
+                    continue
+                d = s.default_us
+                b = d * tm.ratio
+            else:  # remote: alternating rounds of each
+                times: list = [[], []]
+                for _ in range(rounds):
+                    for i, tm in enumerate(self._run(s, built)):
+                        if tm.runs_s:
+                            times[i].extend(tm.runs_s)
+                if not times[0] or not times[1]:
+                    continue
+                d, b = statistics.median(times[0]) * 1e6, statistics.median(times[1]) * 1e6
             info = {CONFIRMED + self.exact: {"knobs": s.best_knobs, "speedup": round(d / b, 4),
                                              "default_us": round(d, 2), "best_us": round(b, 2)}}
             self.db.add_batch([], {s.task.key: info})
