@@ -1,13 +1,17 @@
 """bf16 against lowbit's own f32: latency and fidelity, same process.
 
-    python benchmarks/bf16.py [--models resnet18,minilm] [--runs 50] [--threads 2] [--keep-bf16]
+    python benchmarks/bf16.py [--models resnet18,minilm] [--runs 100] [--rounds 20] [--threads 2] [--keep-bf16]
+                              [--target JSON]
 
 Per model: lowbit f32 (O2) and bf16 (the ``bf16`` preset: convolutions and matmuls by constants in bf16 with
 f32 sums), onnxruntime f32 for context, timed in one process with the same thread count in alternating rounds
 (medians after warm-up); the cosine of the bf16 output to lowbit's f32 output on held-out inputs; the ratio
-bf16 / f32; the CPU model and the kernel families that ran. Without AMX-BF16 the preset keeps the model f32
-(the compile says so) unless ``--keep-bf16``, which runs the generic bf16 kernels (the same products as
-AMX-BF16, computed in f32: the cosine is the AMX one up to summation order; the speed is not).
+bf16 / f32; the CPU model and the kernel families that ran. bf16 runs on AMX-BF16 tiles or AVX512-BF16
+registers; with neither, the preset keeps the model f32 (the compile says so) unless ``--keep-bf16``, which runs
+the generic bf16 kernels (the same products, computed in f32: the cosine is the fast kernels' up to summation
+order; the speed is not). ``--target`` builds both for another target JSON (``"mattr": ["-amx-bf16"]`` measures
+AVX512-BF16 on an AMX machine); on a VM that hides AVX512-BF16 from /proc/cpuinfo though the CPU executes it,
+set ``LOWBIT_ASSUME_CPU_FEATURES=avx512_bf16``.
 
 Models: the test zoo's resnet18 and mobilenet_v2 (random weights, random normal images), ``minilm``
 (all-MiniLM-L6-v2 with its real weights, sequence 128; cosine of mean-pooled embeddings over 24 real sentences)
@@ -47,7 +51,9 @@ def _model(name: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,minilm")
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=20, help="alternating rounds the runs are spread over")
+    p.add_argument("--target", default="auto", help="target of both builds (default: this CPU)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--keep-bf16", action="store_true", help="run the bf16 ops even without AMX-BF16")
     a = p.parse_args(argv)
@@ -55,6 +61,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     import lowbit
+    from lowbit.codegen import Target
     import lowbit.runtime as rt
     from int8 import _cos, _interleaved_ms
     from lowbit.errors import LowbitWarning
@@ -68,11 +75,11 @@ def main(argv=None) -> int:
         src.write_bytes(model)
         print(f"[{name}] compiling", file=sys.stderr, flush=True)
         fp, bf = work / f"{name}.f32.lbit", work / f"{name}.bf16.lbit"
-        lowbit.compile(str(src), shapes=shapes).save(fp)
+        lowbit.compile(str(src), target=a.target, shapes=shapes).save(fp)
         t0 = time.perf_counter()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", LowbitWarning)
-            lowbit.compile(str(src), pipeline="bf16", shapes=shapes, keep_bf16=a.keep_bf16).save(bf)
+            lowbit.compile(str(src), target=a.target, pipeline="bf16", shapes=shapes, keep_bf16=a.keep_bf16).save(bf)
         notes += [str(w.message) for w in caught if issubclass(w.category, LowbitWarning)]
         compile_s = time.perf_counter() - t0
         m_fp, m_bf = rt.load(fp), rt.load(bf)
@@ -88,7 +95,7 @@ def main(argv=None) -> int:
             fns[key] = lambda f=f, args=args: f(*args)
         fns["ort_f32_ms"] = lambda: s_fp.run(None, feed)
         r = {"model": name, "bf16_compile_s": round(compile_s, 1)}
-        r.update(_interleaved_ms(fns, a.runs))
+        r.update(_interleaved_ms(fns, a.runs, a.rounds))
         r["bf16_vs_own_f32"] = r["lowbit_bf16_ms"] / r["lowbit_f32_ms"]
         r["bf16_cos_to_f32"] = min(_cos(list(m_bf.run(h).values())[0], list(m_fp.run(h).values())[0], h)
                                    for h in held)
@@ -107,7 +114,9 @@ def main(argv=None) -> int:
         print(f"  {name}: {text}")
     for n in dict.fromkeys(notes):
         print(f"note: {n}")
-    print(f"{a.threads} threads, medians of {max(1, -(-a.runs // 5)) * 5} runs in 5 alternating rounds (3 warm-up "
+    print(f"target {Target.parse(a.target).describe()}")
+    print(f"{a.threads} threads, medians of {max(1, -(-a.runs // a.rounds)) * a.rounds} runs in {a.rounds} alternating "
+          "rounds (3 warm-up "
           "calls each); cosine: min over held-out inputs (4 random; minilm: 24 real sentences, of mean-pooled "
           "sentence embeddings), first output, bf16 to lowbit f32")
     return 0

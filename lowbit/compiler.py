@@ -106,22 +106,33 @@ def integer_policy(target, passes, keep_integer: bool = False):
                   "run and the model stays float (--keep-integer runs the integer kernels anyway)")
 
 
+# Where AVX512-BF16 pays: vdpbf16ps (2 products per f32 lane) must issue as fast as an FMA (1 product per lane).
+# On AMD Zen 4 both are one 512-bit op per cycle; on Intel cores vdpbf16ps issues at half the FMA rate (Xeon,
+# family 6 model 207: 0.39 vs 0.19 ns per instruction, 0.73 in the conv kernel's register tile), so there bf16
+# computes no faster than f32 and lowbit's bf16 ResNet-18 ran 2.0x slower than its f32 one.
+FAST_BF16_DOT_MCPUS = ("znver4", "znver5")
+
+
 def bf16_policy(target, passes, keep_bf16: bool = False):
-    """(passes, warning): on an x86 target without AMX-BF16, lowbit's bf16 ops would run its generic kernels,
-    which compute the same products in f32 (no faster than float: AVX512-BF16's ``vdpbf16ps`` is not reachable
-    through TVM 0.27's LLVM code generation), so ``to-bf16`` does not run, the model stays f32 and the warning
-    says so; ``keep_bf16`` runs it anyway."""
+    """(passes, warning): bf16 runs where it is faster than f32, on AMX-BF16 tiles or on AVX512-BF16 where the
+    core issues ``vdpbf16ps`` at the FMA rate (``FAST_BF16_DOT_MCPUS``). Elsewhere lowbit's bf16 kernels are no
+    faster than float (the generic ones compute the same products in f32), so ``to-bf16`` does not run, the
+    model stays f32 and the warning says so; ``keep_bf16`` runs it anyway."""
     from .codegen import X86Target
     from .passes import Pipeline
 
-    if keep_bf16 or not isinstance(target, X86Target) or target.has("amx_bf16"):
+    if keep_bf16 or not isinstance(target, X86Target) or target.has("amx_bf16") or not any(
+            p.name == BF16_PASS for p in passes):
         return passes, None
-    if not any(p.name == BF16_PASS for p in passes):
+    if target.has("avx512_bf16") and target.mcpu in FAST_BF16_DOT_MCPUS:
         return passes, None
     kept = Pipeline(p for p in passes if p.name != BF16_PASS)
-    return kept, (f"target {target.describe()} has no AMX-BF16: lowbit's bf16 kernels there compute in f32 and are "
-                  f"no faster than float, so {BF16_PASS} did not run and the model stays f32 (--keep-bf16 runs the "
-                  "bf16 ops anyway)")
+    why = ("has AVX512-BF16 but no AMX-BF16, and its cores issue vdpbf16ps at half the FMA rate: lowbit's bf16 "
+           "kernels there are no faster than float" if target.has("avx512_bf16") else
+           "has neither AMX-BF16 nor AVX512-BF16: lowbit's bf16 kernels there compute in f32 and are no faster "
+           "than float")
+    return kept, (f"target {target.describe()} {why}, so {BF16_PASS} did not run and the model stays f32 "
+                  "(--keep-bf16 runs the bf16 ops anyway)")
 
 
 def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, calibration=None,

@@ -45,3 +45,23 @@ def max_rel_err(got: np.ndarray, want: np.ndarray) -> float:
     scale = np.max(np.abs(want))
     diff = np.max(np.abs(got - want))
     return float(diff / scale) if scale > 0 else float(diff)
+
+
+# machine code of one instruction of each family (then ``ret``), run by ``instruction_runs``
+_PROBES = {"avx512_bf16": bytes.fromhex("62f27e4852c0c3"),  # vdpbf16ps zmm0, zmm0, zmm0
+           "avx_vnni": bytes.fromhex("c4e27d50c0c3")}  # {vex} vpdpbusd ymm0, ymm0, ymm0
+_RUNS: dict = {}
+
+
+def instruction_runs(feature: str) -> bool:
+    """Whether this CPU executes ``feature``'s instruction, whatever /proc/cpuinfo says (a hypervisor may hide
+    a flag the silicon has): the instruction is run in a child process, where an illegal instruction kills only
+    the child. Tests use it to force a kernel family on (``mattr: +...``) that the CPU can execute."""
+    if feature not in _RUNS:
+        import subprocess
+        import sys
+        code = ("import ctypes, mmap; m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC);"
+                f"m.write({_PROBES[feature]!r}); a = ctypes.addressof(ctypes.c_char.from_buffer(m));"
+                "ctypes.CFUNCTYPE(None)(a)()")
+        _RUNS[feature] = subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    return _RUNS[feature]

@@ -2,8 +2,9 @@
 
 The kernels compute exact bf16 x bf16 products summed in f32, in their own order; they are checked against a
 float64 sum of the same products, to within f32 rounding of the sum of their magnitudes. The AMX-BF16 family
-runs only where the CPU has AMX-BF16; its selection (and the feature turned off) is checked on any machine by
-compiling for a Sapphire Rapids target without running.
+runs only where the CPU has AMX-BF16, the AVX512-BF16 family where the CPU executes ``vdpbf16ps`` (forced on
+with ``+avx512bf16`` where a hypervisor hides the flag); their selection (and features turned off) is checked
+on any machine by compiling for a Sapphire Rapids target without running.
 """
 import pathlib
 
@@ -21,9 +22,13 @@ SPR = {"kind": "llvm", "mcpu": "sapphirerapids"}
 TINY_CNN = str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "tiny_cnn.onnx")
 
 
+FAMILIES = ["amx-bf16", "avx512-bf16", "generic"]
+
+
 def bf16_target(family):
-    """This CPU with the bf16 kernels of ``family`` (``amx-bf16`` or ``generic``: AMX-BF16 turned off); skips
-    where the CPU lacks AMX-BF16 for ``amx-bf16``."""
+    """This CPU with the bf16 kernels of ``family``: ``amx-bf16``, ``avx512-bf16`` (AMX-BF16 turned off) or
+    ``generic`` (both off); skips where the CPU cannot execute the family's instruction."""
+    from helpers import instruction_runs
     from lowbit.codegen import Target
 
     host = Target.parse("cpu")
@@ -31,7 +36,15 @@ def bf16_target(family):
         if not host.has("amx_bf16"):
             pytest.skip("this CPU has no amx_bf16")
         return host
-    return Target.parse({**host.to_json(), "mattr": ["-amx-bf16"]}) if host.has("amx_bf16") else host
+    mattr = ["-amx-bf16"] if host.has("amx_bf16") else []
+    if family == "avx512-bf16":
+        if not host.has("avx512_bf16"):
+            if not host.has("avx512f") or not instruction_runs("avx512_bf16"):
+                pytest.skip("this CPU cannot execute vdpbf16ps (avx512_bf16)")
+            mattr.append("+avx512bf16")
+    elif host.has("avx512_bf16"):
+        mattr.append("-avx512bf16")
+    return Target.parse({**host.to_json(), "mattr": mattr}) if mattr else host
 
 
 def _run(graph, inputs, target):
@@ -80,7 +93,7 @@ CONVS = [((1, 3, 23, 23), 32, 7, 2, (3, 3, 3, 3), 1), ((1, 20, 9, 9), 24, 3, 1, 
          ((1, 33, 12, 12), 16, 3, 1, (2, 2, 2, 2), 2)]
 
 
-@pytest.mark.parametrize("family", ["amx-bf16", "generic"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("case", CONVS, ids=[f"{c[0][1]}to{c[1]}k{c[2]}s{c[3]}d{c[5]}" for c in CONVS])
 def test_conv2d_bf16_family(case, family):
     from lowbit.ir import interp
@@ -111,7 +124,7 @@ def test_conv2d_bf16_family(case, family):
     assert np.allclose(got if not relu else np.maximum(got, 0), ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["amx-bf16", "generic"])
+@pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("lead,k,n", [((1,), 70, 10), ((20,), 64, 48), ((1, 128), 96, 40), ((2, 3, 12), 33, 16)])
 def test_matmul_bf16_family(lead, k, n, family):
     r = np.random.default_rng(1)
@@ -147,42 +160,55 @@ def test_bf16_rounding_matches_ml_dtypes():
 
 def test_amx_bf16_chosen_and_forced_off():
     """On a Sapphire Rapids target conv2d_bf16 / matmul_bf16 take AMX-BF16 (conv results NHWC, so a residual
-    add after them runs NHWC); with ``-amx-bf16`` the generic kernels, and the passed-over reason is recorded.
-    Compiled only: any machine checks the selection."""
+    add after them runs NHWC); with ``-amx-bf16`` AVX512-BF16 (a Zen 4 picks it too), with ``-avx512bf16`` as
+    well the generic kernels, and the passed-over reasons are recorded. Compiled only: any machine checks the
+    selection."""
     from lowbit import codegen as cg
     g = lowbit.run_passes(lowbit.load(TINY_CNN), "bf16")
     art = cg.build(g, cg.Target.parse(SPR))
     fam = {k["name"]: k for k in art.manifest["kernels"]}
     assert fam["conv1"]["kernel"] == "amx-bf16" and fam["fc"]["kernel"] == "amx-bf16"
-    off = cg.build(g, cg.Target.parse({**SPR, "mattr": ["-amx-bf16"]}))
+    for spec in ({**SPR, "mattr": ["-amx-bf16"]}, {"kind": "llvm", "mcpu": "znver4"}):
+        fam = {k["name"]: k for k in cg.build(g, cg.Target.parse(spec)).manifest["kernels"]}
+        assert fam["conv1"]["kernel"] == "avx512-bf16" and fam["fc"]["kernel"] == "avx512-bf16"
+    off = cg.build(g, cg.Target.parse({**SPR, "mattr": ["-amx-bf16", "-avx512bf16"]}))
     fam = {k["name"]: k for k in off.manifest["kernels"]}
     assert fam["conv1"]["kernel"] == "generic"
-    assert fam["conv1"]["passed_over"] == {"amx-bf16": "target has no amx_bf16"}
+    assert fam["conv1"]["passed_over"] == {"amx-bf16": "target has no amx_bf16",
+                                          "avx512-bf16": "target has no avx512_bf16"}
 
 
 def test_bf16_preset_policy(tmp_path):
-    """Without AMX-BF16 the bf16 preset keeps the model f32 and says so; keep_bf16 runs the bf16 ops anyway."""
-    no_amx = {**SPR, "mattr": ["-amx-bf16", "-amx-int8", "-amx-tile"]}
-    with pytest.warns(LowbitWarning, match="no AMX-BF16"):
+    """Without AMX-BF16 and AVX512-BF16 the bf16 preset keeps the model f32 and says so; keep_bf16 runs the bf16
+    ops anyway."""
+    no_amx = {**SPR, "mattr": ["-amx-bf16", "-amx-int8", "-amx-tile", "-avx512bf16"]}
+    with pytest.warns(LowbitWarning, match="half the FMA rate"):  # an Intel core with AVX512-BF16 only
+        slow = lowbit.compile(TINY_CNN, target={**SPR, "mattr": ["-amx-bf16"]}, pipeline="bf16")
+    assert "to-bf16" not in slow.manifest["pipeline"]
+    with pytest.warns(LowbitWarning, match="neither AMX-BF16 nor AVX512-BF16"):
         art = lowbit.compile(TINY_CNN, target=no_amx, pipeline="bf16")
     assert "to-bf16" not in art.manifest["pipeline"]
     assert any("to-bf16 did not run" in w for w in art.manifest["warnings"])
     assert not any(k["op"].endswith("_bf16") for k in art.manifest["kernels"])
     kept = lowbit.compile(TINY_CNN, target=no_amx, pipeline="bf16", keep_bf16=True)
     assert {k["op"] for k in kept.manifest["kernels"]} >= {"conv2d_bf16", "matmul_bf16"}
-    amx = lowbit.compile(TINY_CNN, target=SPR, pipeline="bf16")
-    assert "warnings" not in amx.manifest and "to-bf16" in amx.manifest["pipeline"]
+    for spec in (SPR, {"kind": "llvm", "mcpu": "znver4"}):
+        art = lowbit.compile(TINY_CNN, target=spec, pipeline="bf16")
+        assert "warnings" not in art.manifest and "to-bf16" in art.manifest["pipeline"]
 
 
-def test_bf16_model_close_to_f32():
-    """The bundled CNN through the bf16 preset (generic kernels: the same products as AMX-BF16) stays within
-    cosine 0.999 of f32; the interpreter and the build agree."""
+@pytest.mark.parametrize("family", ["avx512-bf16", "generic"])
+def test_bf16_model_close_to_f32(family):
+    """The bundled CNN through the bf16 preset (the AVX512-BF16 kernels, or the generic ones: the same products
+    as AMX-BF16) stays within cosine 0.999 of f32; the interpreter and the build agree."""
     inputs = dict(np.load(TINY_CNN.replace(".onnx", "_inputs.npz")))
     src = lowbit.load(TINY_CNN)
     g = lowbit.run_passes(src, "bf16")
     ref = lowbit.interpret(g, inputs)["logits"]
     f32 = lowbit.interpret(src, inputs)["logits"]
-    (got,), _ = _run(g, inputs, bf16_target("generic"))
+    (got,), kernels = _run(g, inputs, bf16_target(family))
+    assert family in kernels and (family == "generic" or kernels.count(family) == g.op_counts().get(
+        "conv2d_bf16", 0) + g.op_counts().get("matmul_bf16", 0))
     assert np.allclose(got, ref, rtol=1e-5, atol=1e-6)
     cos = float(np.dot(ref.ravel(), f32.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(f32)))
     assert cos >= 0.999, cos

@@ -68,3 +68,18 @@ def test_codegen_config_text_dict_and_errors():
                          ("tile", "not key=value"), ("conv0:tile=-1", "positive integer")]:
         with pytest.raises(LowbitError, match=needle):
             CodegenConfig.parse(text)
+
+
+def test_assumed_cpu_features(monkeypatch):
+    """$LOWBIT_ASSUME_CPU_FEATURES adds flags a hypervisor hides: the host target gets them as mattr, and the
+    runtime's feature check counts them."""
+    from lowbit.codegen import Target
+    from lowbit.runtime import host
+
+    monkeypatch.setenv(host.ASSUME_ENV, "avx512_bf16, avx_vnni")
+    t = Target.parse("auto")
+    assert t.has("avx512_bf16") and t.has("avx_vnni")
+    assert {"avx512_bf16", "avx_vnni"} <= host.cpu_flags()
+    assert not host.missing_cpu_features(t.to_json())
+    monkeypatch.delenv(host.ASSUME_ENV)
+    assert host.assumed_flags() == set()

@@ -210,6 +210,7 @@ def _default(L, op):
 GENERIC = Kernel("generic", lambda L, op: None, _default)
 AMX = _feature("amx_int8")
 AMX_BF16 = _feature("amx_bf16")
+AVX512_BF16 = _feature("avx512_bf16")
 VNNI = _feature("avx512_vnni")
 
 
@@ -245,10 +246,12 @@ TABLE: dict[str, list[Kernel]] = {
     ],
     "conv2d_bf16": [
         Kernel("amx-bf16", _all(AMX_BF16, _dense), ops_bf16.conv2d_amx, "nhwc"),
+        Kernel("avx512-bf16", _all(AVX512_BF16, _dense), ops_bf16.conv2d_avx512, "nhwc"),
         GENERIC,
     ],
     "matmul_bf16": [
         Kernel("amx-bf16", AMX_BF16, ops_bf16.matmul_amx),
+        Kernel("avx512-bf16", AVX512_BF16, ops_bf16.matmul_avx512),
         GENERIC,
     ],
     "max_pool2d": [

@@ -3,7 +3,9 @@
 On AMX-BF16 targets they run on tiles (``amx.py`` with ``amx.BF16``): the input rounded to bf16 bits (u16) and
 laid out as the tiles read it in the same pass — padded NHWC for a convolution (whose result is NHWC f32, so
 a residual add or relu after it stays NHWC), rows padded to 32 for a matmul — weights packed at compile time,
-bias and relu in the epilogue. Elsewhere the generic kernels compute the same products in f32 (a bf16 x bf16
+bias and relu in the epilogue. On AVX512-BF16 targets without AMX (Zen 4) the same layouts feed ``vnni.py``'s
+register-tiled kernel with ``vdpbf16ps`` (channels padded to 2, a matmul as a 1x1 convolution over its rows).
+Elsewhere the generic kernels compute the same products in f32 (a bf16 x bf16
 product is exact in f32): the input rounded to bf16 values, the weight as f32, the float convolution or
 matmul. ``kernels.py`` decides which applies.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import amx, ops_amx
+from . import amx, ops_amx, vnni
 from .lowering import rule
 
 
@@ -94,6 +96,51 @@ def matmul_amx(L, op):
     return L.call_tir(func, "lowbit_matmul_bf16_amx", args, rt.shape, "float32")
 
 
+# -- AVX512-BF16 ------------------------------------------------------------------------------------------------------
+def conv2d_avx512(L, op):
+    """conv2d_bf16 (groups 1) on AVX512-BF16 registers (``vnni.conv_func`` with ``VDPBF16PS``): the input rounded
+    to bf16 bits in padded NHWC (channels padded to 2, weighing 0); the result is NHWC f32."""
+    a = op.attrs
+    n, c, h, wd = op.operands[0].type.shape
+    o, _, kh, kw = op.operands[1].type.shape
+    _, _, oh, ow = op.result.type.shape
+    pt, pl, pb, pr = a["pads"]
+    cp, hp, wp = c + c % 2, h + pt + pb, wd + pl + pr
+    x = ops_amx.nhwc_te(L, op, hp, wp, cp, lambda v: bf16_bits(L.tir, v), L.tir.const(0, "uint16"), "bf16_nhwc",
+                        "lowbit_bf16_input")
+    func = vnni.conv_func(n, hp, wp, cp, o, kh, kw, oh, ow, a["strides"], a["dilations"],
+                          rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS,
+                          relu=_relu(op))
+    o16 = (o + 15) // 16 * 16
+    args = [x, L.const(vnni.pack_weights(weight_bits(op), cp, 2)), L.const(_bias(op, o, o16))]
+    return L.call_tir(func, "lowbit_conv2d_bf16_avx512", args, (n, oh, ow, o), "float32")
+
+
+def matmul_avx512(L, op):
+    """matmul_bf16 on AVX512-BF16 registers: the rows rounded to bf16 bits as a 1 x M image of kp-channel
+    pixels (K padded to 2 with zeros, which weigh 0), a 1x1 convolution."""
+    xt, rt = op.operands[0].type, op.result.type
+    k, nn = op.operands[1].type.shape
+    shape = xt.shape
+    m = int(np.prod(shape[:-1]))
+    kp = k + k % 2
+    te, tir = L.te, L.tir
+
+    def fn(X):
+        def at(a, b, i, j):
+            v = X[tuple(amx.unravel(i, shape[:-1])) + (tir.min(j, k - 1),)]
+            return tir.if_then_else(j < k, bf16_bits(tir, v), tir.const(0, "uint16"))
+        return te.compute((1, 1, m, kp), at, name="bf16_rows")
+    rows = L.te_(fn, L.get(op.operands[0]), name="lowbit_bf16_rows")
+    func = vnni.conv_func(1, 1, m, kp, nn, 1, 1, 1, m, (1, 1), (1, 1), rows=L.knob("vnni_pixels", op),
+                          tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS, relu=_relu(op))
+    n16 = (nn + 15) // 16 * 16
+    w = weight_bits(op).T.reshape(nn, k, 1, 1)
+    args = [rows, L.const(vnni.pack_weights(w, kp, 2)), L.const(_bias(op, nn, n16))]
+    y = L.emit(L.call_tir(func, "lowbit_matmul_bf16_avx512", args, (1, 1, m, nn), "float32"))
+    return L.R.reshape(y, rt.shape)
+
+
 # -- generic: the same products in f32 --------------------------------------------------------------------------------
 def _rounded(L, x):
     return L.te_(lambda X: L.te.compute(X.shape, lambda *i: bf16_round(L.tir, X[i]), name="bf16_round"), x,
@@ -123,4 +170,4 @@ def _matmul_bf16(L, op, x, w, b=None):
     return _activate(L, op, y)
 
 
-__all__ = ["bf16_bits", "bf16_round", "conv2d_amx", "matmul_amx", "weight_bits"]
+__all__ = ["bf16_bits", "bf16_round", "conv2d_amx", "conv2d_avx512", "matmul_amx", "matmul_avx512", "weight_bits"]

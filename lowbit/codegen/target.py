@@ -91,9 +91,12 @@ class X86Target(Target):
 
     @staticmethod
     def host() -> "X86Target":
+        """This CPU: the best ``mcpu`` its flags allow, plus ``mattr`` for flags assumed past it
+        (``$LOWBIT_ASSUME_CPU_FEATURES``)."""
         mcpu = host.host_mcpu()
-        return X86Target("llvm", mcpu, frozenset(host.required_features({"mcpu": mcpu})), host.host_cores(),
-                         caches=host.host_caches() or dict(DEFAULT_CACHES))
+        mattr = tuple(host.assumed_mattr(mcpu))
+        return X86Target("llvm", mcpu, frozenset(host.required_features({"mcpu": mcpu, "mattr": list(mattr)})),
+                         host.host_cores(), mattr, caches=host.host_caches() or dict(DEFAULT_CACHES))
 
     @staticmethod
     def from_json(obj: dict) -> "X86Target":

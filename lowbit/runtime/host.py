@@ -55,8 +55,25 @@ def _cpuinfo() -> dict:
     return fields
 
 
+ASSUME_ENV = "LOWBIT_ASSUME_CPU_FEATURES"
+
+
+def assumed_flags() -> set[str]:
+    """Flags named in ``$LOWBIT_ASSUME_CPU_FEATURES`` (comma-separated cpuinfo names, e.g. ``avx512_bf16``): for a
+    CPU that executes an instruction its hypervisor hides from /proc/cpuinfo. Taken as the user's word: code
+    built with them dies of an illegal instruction where the silicon lacks them."""
+    return {f.strip() for f in os.environ.get(ASSUME_ENV, "").split(",") if f.strip()}
+
+
 def cpu_flags() -> set[str]:
-    return set(_cpuinfo().get("flags", "").split())
+    """/proc/cpuinfo's flags, and the assumed ones."""
+    return set(_cpuinfo().get("flags", "").split()) | assumed_flags()
+
+
+def assumed_mattr(mcpu: str) -> list[str]:
+    """LLVM ``mattr`` entries (``+avx512bf16``) for the assumed flags that ``mcpu`` does not already imply."""
+    have = MCPU_FLAGS.get(mcpu, set())
+    return sorted(f"+{name}" for name, flag in MATTR_FLAGS.items() if flag in assumed_flags() - have)
 
 
 def cpu_vendor() -> str:
