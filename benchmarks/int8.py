@@ -1,6 +1,7 @@
 """INT8 against onnxruntime's quantizer: latency and fidelity, same calibration data, same process.
 
-    python benchmarks/int8.py [--models resnet18,mobilenet_v2,minilm] [--runs 50] [--threads 2] [--calib 8]
+    python benchmarks/int8.py [--models resnet18,mobilenet_v2,minilm] [--runs 50] [--rounds 5] [--threads 2]
+                              [--calib 8] [--target JSON]
 
 Per model: lowbit fp32 (O2) and int8 (the ``int8`` preset: quantize{calibrator=mse} + integer kernels),
 onnxruntime fp32 and its fastest int8 form — quantize_static (QDQ, per-channel S8 weights, U8 activations) of
@@ -13,7 +14,9 @@ faster form of those whose cosine to fp32 is at least 0.99.
 Models: the test zoo's (tests/model_zoo.py: resnet18, mobilenet_v2, encoder; random weights) and ``minilm``
 (all-MiniLM-L6-v2 with its real weights, sequence 128, benchmarks/zoo/real.py), for which the cosine is of
 mean-pooled sentence embeddings to PyTorch fp32 over 24 real sentences. Calibration: ``--calib`` samples —
-random normal images, random token ids, or real sentences for minilm.
+random normal images, random token ids, or real sentences for minilm. ``--target`` builds lowbit's models for
+another target JSON (``"mattr": ["-avx512f", "+avxvnni"]``: the AVX-VNNI family, fp32 on AVX2); onnxruntime
+picks its kernels from the CPU itself.
 """
 from __future__ import annotations
 
@@ -137,6 +140,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="resnet18,mobilenet_v2,minilm")
     p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds the runs are spread over")
+    p.add_argument("--target", default="auto", help="target of lowbit's builds (default: this CPU)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--calib", type=int, default=8)
     a = p.parse_args(argv)
@@ -172,15 +177,15 @@ def main(argv=None) -> int:
         print(f"[{name}] compiling", file=sys.stderr, flush=True)
         fp = work / f"{name}.fp32.lbit"
         q8 = work / f"{name}.int8.lbit"
-        lowbit.compile(str(src), shapes=shapes).save(fp)
+        lowbit.compile(str(src), target=a.target, shapes=shapes).save(fp)
         t0 = time.perf_counter()
-        lowbit.compile(str(src), pipeline="int8", shapes=shapes, calibration=calib).save(q8)
+        lowbit.compile(str(src), target=a.target, pipeline="int8", shapes=shapes, calibration=calib).save(q8)
         compile_s = time.perf_counter() - t0
         m_fp, m_q = rt.load(fp), rt.load(q8)
         m_dyn = None
         if text:  # transformers: dynamic quantization too, as onnxruntime's fastest form
             qd8 = work / f"{name}.dyn.lbit"
-            lowbit.compile(str(src), pipeline="int8-dynamic", shapes=shapes).save(qd8)
+            lowbit.compile(str(src), target=a.target, pipeline="int8-dynamic", shapes=shapes).save(qd8)
             m_dyn = rt.load(qd8)
         rt.set_threads(a.threads)
         feed = held[0]
@@ -198,7 +203,7 @@ def main(argv=None) -> int:
         fns["ort_fp32_ms"] = lambda: s_fp.run(None, feed)
         for kind, s in s_q.items():
             fns[f"ort_int8_{kind}_ms"] = lambda s=s: s.run(None, feed)
-        r.update(_interleaved_ms(fns, a.runs))
+        r.update(_interleaved_ms(fns, a.runs, a.rounds))
         best = None
         for kind, s in s_q.items():
             cos = min(_cos(s.run(None, h)[0], s_fp.run(None, h)[0], h) for h in held)
@@ -238,7 +243,11 @@ def main(argv=None) -> int:
     for name, fams in families.items():
         for pipe, text in fams.items():
             print(f"  {name} {pipe}: {text}")
-    print(f"{a.threads} threads, medians of {max(1, -(-a.runs // 5)) * 5} runs in 5 alternating rounds (3 warm-up "
+    from lowbit.codegen import Target
+
+    print(f"lowbit target: {Target.parse(a.target).describe()}")
+    print(f"{a.threads} threads, medians of {max(1, -(-a.runs // a.rounds)) * a.rounds} runs in {a.rounds} alternating "
+          "rounds (3 warm-up "
           f"calls each); calibration: {a.calib} samples; cosine to onnxruntime fp32: min over held-out inputs (4 random; minilm: "
           f"24 real sentences, of mean-pooled sentence embeddings), first output")
     return 0

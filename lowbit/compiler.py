@@ -88,20 +88,21 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
 
 
 def integer_policy(target, passes, keep_integer: bool = False):
-    """(passes, warning): on an x86 target with neither AVX-512 VNNI nor AMX-INT8, lowbit's exact integer kernels
+    """(passes, warning): on an x86 target with no VNNI (AVX-512 or AVX) and no AMX-INT8, lowbit's exact integer kernels
     are several times slower than its float ones, so the passes that make integer kernels do not run (the model
     stays float, a QDQ model keeps its float simulation, which is its ONNX meaning) and the warning says so;
     ``keep_integer`` runs them anyway."""
     from .codegen import X86Target
     from .passes import Pipeline
 
-    if keep_integer or not isinstance(target, X86Target) or target.has("avx512_vnni") or target.has("amx_int8"):
+    if keep_integer or not isinstance(target, X86Target) or any(
+            target.has(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
         return passes, None
     dropped = [p.name for p in passes if p.name in QUANTIZING_PASSES]
     if not dropped:
         return passes, None
     kept = Pipeline(p for p in passes if p.name not in QUANTIZING_PASSES)
-    return kept, (f"target {target.describe()} has neither AVX-512 VNNI nor AMX-INT8: lowbit's exact integer kernels "
+    return kept, (f"target {target.describe()} has no VNNI (AVX-512 or AVX) and no AMX-INT8: lowbit's exact integer kernels "
                   f"are slower than float there ({SLOW_INT8}), so {' and '.join(dict.fromkeys(dropped))} did not "
                   "run and the model stays float (--keep-integer runs the integer kernels anyway)")
 

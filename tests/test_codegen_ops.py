@@ -20,23 +20,29 @@ LOOSER |= cases_math.LOOSER | cases_tensor.LOOSER
 
 # kernel families a test can force, by the features they turn off (``mattr``); each needs its instruction
 FAMILIES = {"amx": ([], "amx_int8"), "vnni": (["-amx-int8"], "avx512_vnni"),
-            "base": (["-amx-int8", "-avx512vnni"], None)}
+            "avx-vnni": (["-amx-int8", "-avx512f"], "avx_vnni"),  # 256-bit VNNI: AVX-512 off
+            "base": (["-amx-int8", "-avx512vnni", "-avxvnni"], None)}
+_FLAG = {"-amx-int8": "amx_int8", "-avx512vnni": "avx512_vnni", "-avx512f": "avx512f", "-avxvnni": "avx_vnni"}
 
 
 def cpu_target(family=None):
     """This CPU as a lowbit Target, or with features turned off so that the integer kernels of ``family`` run:
-    ``amx``, ``vnni`` (AMX off) or ``base`` (AMX and VNNI off: the dot4 and generic kernels). Skips the test
-    where this CPU lacks the family's instruction."""
+    ``amx``, ``vnni`` (AMX off), ``avx-vnni`` (AMX and AVX-512 off; AVX-VNNI forced on where the CPU executes
+    it though /proc/cpuinfo hides it) or ``base`` (AMX and VNNI off: the dot4 and generic kernels). Skips the
+    test where this CPU lacks the family's instruction."""
+    from helpers import instruction_runs
     from lowbit.codegen import Target
 
     host = Target.parse("cpu")
     if family is None:
         return host
     off, need = FAMILIES[family]
-    if need is not None and not host.has(need):
+    mattr = [f for f in off if host.has(_FLAG[f])]
+    if need == "avx_vnni" and not host.has(need) and host.has("avx2") and instruction_runs(need):
+        mattr.append("+avxvnni")
+    elif need is not None and not host.has(need):
         pytest.skip(f"this CPU has no {need}")
-    off = [f for f in off if host.has({"-amx-int8": "amx_int8", "-avx512vnni": "avx512_vnni"}[f])]
-    return Target.parse({**host.to_json(), "mattr": off}) if off else host
+    return Target.parse({**host.to_json(), "mattr": mattr}) if mattr else host
 
 
 def build_and_run(graph, inputs, family=None, config=None):

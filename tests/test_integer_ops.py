@@ -113,6 +113,42 @@ def test_qmatmul_kernel_is_bit_exact(lead, k, n, relu, per_channel, family):
     np.testing.assert_array_equal(build_and_run(g, xs, family)["y"], lowbit.interpret(g, xs)["y"])
 
 
+@pytest.mark.parametrize("case", [0, 1, 4, 7], ids=["stem", "1x1", "strided", "rgb37"])
+def test_avx_vnni_conv_is_bit_exact(case):
+    """The 256-bit family (AVX-VNNI, no AVX-512: Alder Lake and later): a subset of the conv cases above, in
+    the NHWC kernel on ymm registers (8-lane vectors, a partial last vector), bit-exact."""
+    from lowbit.codegen import build_module
+
+    g, x, _ = _qconv_graph(*CONVS[case])
+    kernels = []
+    build_module(g, cpu_target("avx-vnni"), kernels=kernels)
+    assert kernels[0]["kernel"] == "avx-vnni-nhwc", kernels[0]
+    np.testing.assert_array_equal(build_and_run(g, x, "avx-vnni")["y"], lowbit.interpret(g, x)["y"])
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("lead,k,n", [((2, 5), 64, 44), ((3,), 30, 20)])
+def test_avx_vnni_matmul_is_bit_exact(lead, k, n, dynamic):
+    rng = np.random.default_rng(11)
+    sw = tuple(map(float, rng.uniform(0.002, 0.01, n)))
+    g = Graph("q")
+    w = g.const(rng.integers(-127, 128, (k, n)).astype(np.int8),
+                type=TensorType((k, n), dt.i8, QuantParams(sw, (0,) * n, 1)))
+    if dynamic:
+        x = g.add_input("x", TensorType(lead + (k,), dt.f32))
+        y = g.create("qmatmul_dynamic", [x, w, g.const(rng.normal(0, 1, n).astype(np.float32))],
+                     {"per_row": True}).result
+        xs = {"x": rng.normal(0.3, 2, lead + (k,)).astype(np.float32)}
+    else:
+        x = g.add_input("x", TensorType(lead + (k,), dt.u8, QuantParams((0.03,), (128,))))
+        rt = TensorType(lead + (n,), dt.u8, QuantParams((0.05,), (100,)))
+        y = g.create("qmatmul", [x, w, g.const(rng.integers(-500, 500, n).astype(np.int32))],
+                     {"activation": "relu"}, [rt]).result
+        xs = {"x": rng.integers(0, 256, lead + (k,)).astype(np.uint8)}
+    g.set_outputs([y], ["y"])
+    np.testing.assert_array_equal(build_and_run(g, xs, "avx-vnni")["y"], lowbit.interpret(g, xs)["y"])
+
+
 def test_lower_qdq_turns_the_qdq_cnn_into_integer_ops(zoo_dir):
     g = lowbit.run_passes(lowbit.load(zoo_dir / "qdq_cnn.onnx"), "O2")
     names = [op.opname for op in g.ops]

@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_bf16, ops_int, ops_vnni
+from . import ops_amx, ops_bf16, ops_int, ops_vnni, vnni
 from .lowering import RULES, np_dtype
 
 
@@ -212,6 +212,8 @@ AMX = _feature("amx_int8")
 AMX_BF16 = _feature("amx_bf16")
 AVX512_BF16 = _feature("avx512_bf16")
 VNNI = _feature("avx512_vnni")
+AVX_VNNI = _feature("avx_vnni")
+YMM = vnni.VPDPBUSD_256
 
 
 def _const_bias(L, op):
@@ -223,6 +225,7 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("amx-conv", _all(AMX, _u8_input, _dense),
                lambda L, op: ops_amx.qconv2d(L, op, y_nhwc=True), "nhwc"),
         Kernel("vnni-nhwc", _all(VNNI, _u8_input, _dense), ops_vnni.qconv2d, "nhwc"),
+        Kernel("avx-vnni-nhwc", _all(AVX_VNNI, _u8_input, _dense), lambda L, op: ops_vnni.qconv2d(L, op, YMM), "nhwc"),
         Kernel("depthwise-nhwc", _all(_depthwise, _input_nhwc, _f32_exact), _depthwise_nhwc, "nhwc"),
         Kernel("depthwise-planes", _all(_depthwise, _small_planes),
                lambda L, op: ops_int.qconv2d(L, op, "depthwise-planes")),
@@ -235,6 +238,7 @@ TABLE: dict[str, list[Kernel]] = {
     "qmatmul": [
         Kernel("amx", _all(AMX, _u8_input), ops_amx.qmatmul),
         Kernel("vnni", _all(VNNI, _u8_input), ops_vnni.qmatmul),
+        Kernel("avx-vnni", _all(AVX_VNNI, _u8_input), lambda L, op: ops_vnni.qmatmul(L, op, YMM)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul),
     ],
     "qmatmul_dynamic": [
@@ -242,6 +246,9 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("amx", _all(AMX, _columns16), lambda L, op: ops_amx.qmatmul_dynamic(L, op, False)),
         Kernel("vnni-rows", _all(VNNI, _const_bias, _per_row), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True)),
         Kernel("vnni", _all(VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False)),
+        Kernel("avx-vnni-rows", _all(AVX_VNNI, _const_bias, _per_row),
+               lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True, YMM)),
+        Kernel("avx-vnni", _all(AVX_VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False, YMM)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul_dynamic),
     ],
     "conv2d_bf16": [

@@ -111,8 +111,8 @@ def conv2d_avx512(L, op):
     func = vnni.conv_func(n, hp, wp, cp, o, kh, kw, oh, ow, a["strides"], a["dilations"],
                           rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS,
                           relu=_relu(op))
-    o16 = (o + 15) // 16 * 16
-    args = [x, L.const(vnni.pack_weights(weight_bits(op), cp, 2)), L.const(_bias(op, o, o16))]
+    args = [x, L.const(vnni.pack_weights(weight_bits(op), cp, vnni.VDPBF16PS)),
+            L.const(_bias(op, o, vnni.VDPBF16PS.padded(o)))]
     return L.call_tir(func, "lowbit_conv2d_bf16_avx512", args, (n, oh, ow, o), "float32")
 
 
@@ -134,9 +134,8 @@ def matmul_avx512(L, op):
     rows = L.te_(fn, L.get(op.operands[0]), name="lowbit_bf16_rows")
     func = vnni.conv_func(1, 1, m, kp, nn, 1, 1, 1, m, (1, 1), (1, 1), rows=L.knob("vnni_pixels", op),
                           tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS, relu=_relu(op))
-    n16 = (nn + 15) // 16 * 16
     w = weight_bits(op).T.reshape(nn, k, 1, 1)
-    args = [rows, L.const(vnni.pack_weights(w, kp, 2)), L.const(_bias(op, nn, n16))]
+    args = [rows, L.const(vnni.pack_weights(w, kp, vnni.VDPBF16PS)), L.const(_bias(op, nn, vnni.VDPBF16PS.padded(nn)))]
     y = L.emit(L.call_tir(func, "lowbit_matmul_bf16_avx512", args, (1, 1, m, nn), "float32"))
     return L.R.reshape(y, rt.shape)
 

@@ -1,6 +1,8 @@
-"""Integer convolutions and matmuls on AVX-512 VNNI (NHWC): how qconv2d, qmatmul and qmatmul_dynamic call
-``vnni.py``'s TIR kernel (the input padded with its zero point into NHWC — in place for a 1x1 conv of NHWC
-pixels — weights packed, the requantization constants from the quantization scheme). ``kernels.py`` decides when it applies (``avx512_vnni``)."""
+"""Integer convolutions and matmuls on AVX-512 VNNI or AVX-VNNI (NHWC): how qconv2d, qmatmul and qmatmul_dynamic
+call ``vnni.py``'s TIR kernel (the input padded with its zero point into NHWC — in place for a 1x1 conv of NHWC
+pixels — weights packed, the requantization constants from the quantization scheme). ``dot`` is
+``vnni.VPDPBUSD`` (zmm) or ``vnni.VPDPBUSD_256`` (ymm); ``kernels.py`` decides which applies (``avx512_vnni``,
+``avx_vnni``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +12,7 @@ from .lowering import np_dtype
 from .ops_int import conv_folded_bias, dynamic_weights, matmul_folded_bias, multipliers, requant_params
 
 
-def qconv2d(L, op):
+def qconv2d(L, op, dot=vnni.VPDPBUSD):
     """qconv2d (u8 input, groups 1) -> NHWC result, on VNNI registers."""
     a = op.attrs
     xt, rt = op.operands[0].type, op.result.type
@@ -27,9 +29,9 @@ def qconv2d(L, op):
         xp = ops_amx.padded_nhwc(L, op, hp, wp, cp, "lowbit_vnni")
     zy, lo, hi = requant_params(op)
     func = vnni.conv_func(n, hp, wp, cp, o, kh, kw, oh, ow, a["strides"], a["dilations"], zy, lo, hi, np_dtype(rt),
-                          rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op))
-    o16 = (o + 15) // 16 * 16
-    args = [xp, L.const(vnni.pack_weights(weight.astype(np.int8), cp)),
+                          rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op), dot=dot)
+    o16 = dot.padded(o)
+    args = [xp, L.const(vnni.pack_weights(weight.astype(np.int8), cp, dot)),
             L.const(np.pad(conv_folded_bias(op).astype(np.int32), (0, o16 - o))),
             L.const(np.pad(multipliers(op, o), (0, o16 - o)))]
     return L.call_tir(func, "lowbit_qconv2d_vnni", args, (n, oh, ow, o), np_dtype(rt))
@@ -51,7 +53,7 @@ def _rows(L, op, x, k: int, kp: int, zero: int):
     return L.te_(fn, x, name="lowbit_vnni_rows")
 
 
-def qmatmul(L, op):
+def qmatmul(L, op, dot=vnni.VPDPBUSD):
     """qmatmul (u8 input) on VNNI registers: the rows as a 1 x M image of K-channel pixels, a 1x1 conv."""
     xt, rt = op.operands[0].type, op.result.type
     weight = op.operands[1].const_value.astype(np.int8)
@@ -61,16 +63,16 @@ def qmatmul(L, op):
     xr = _rows(L, op, L.get(op.operands[0]), k, kp, int(xt.quant.zero_point[0]))
     zy, lo, hi = requant_params(op)
     func = vnni.conv_func(1, 1, m, kp, nn, 1, 1, 1, m, (1, 1), (1, 1), zy, lo, hi, np_dtype(rt),
-                          rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op))
-    n16 = (nn + 15) // 16 * 16
-    args = [xr, L.const(vnni.pack_weights(weight.T.reshape(nn, k, 1, 1), kp)),
+                          rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op), dot=dot)
+    n16 = dot.padded(nn)
+    args = [xr, L.const(vnni.pack_weights(weight.T.reshape(nn, k, 1, 1), kp, dot)),
             L.const(np.pad(matmul_folded_bias(op).astype(np.int32), (0, n16 - nn))),
             L.const(np.pad(multipliers(op, nn), (0, n16 - nn)))]
     y = L.emit(L.call_tir(func, "lowbit_qmatmul_vnni", args, (1, 1, m, nn), np_dtype(rt)))
     return L.R.reshape(y, rt.shape)
 
 
-def qmatmul_dynamic(L, op, rows_pass: bool):
+def qmatmul_dynamic(L, op, rows_pass: bool, dot=vnni.VPDPBUSD):
     """qmatmul_dynamic on VNNI registers: the input quantized to u8 rows (``ops_amx.quantized_rows``, K padded
     to 4), then ``vnni.conv_func``'s rescale epilogue (one rounding, as the reference)."""
     xt, rt = op.operands[0].type, op.result.type
@@ -80,12 +82,12 @@ def qmatmul_dynamic(L, op, rows_pass: bool):
     kp = (k + 3) // 4 * 4
     per_row = op.attrs["per_row"]
     xq, sc, zp = ops_amx.quantized_rows(L, op, m, kp, rows_pass)
-    n16 = (nn + 15) // 16 * 16
+    n16 = dot.padded(nn)
     bias = op.operands[2].const_value.astype(np.float32) if len(op.operands) > 2 else np.zeros(nn, np.float32)
     func = vnni.conv_func(1, 1, m, kp, nn, 1, 1, 1, m, (1, 1), (1, 1), rows=L.knob("vnni_pixels", op),
-                          tasks=L.knob("vnni_tasks", op), dynamic=True, per_row=per_row)
+                          tasks=L.knob("vnni_tasks", op), dynamic=True, per_row=per_row, dot=dot)
     args = [L.emit(L.R.reshape(xq, (1, 1, m, kp))),
-            L.const(vnni.pack_weights(weight.astype(np.int8).T.reshape(nn, k, 1, 1), kp)), zp, sc,
+            L.const(vnni.pack_weights(weight.astype(np.int8).T.reshape(nn, k, 1, 1), kp, dot)), zp, sc,
             L.const(np.pad(wsum, (0, n16 - nn))), L.const(np.pad(np.ascontiguousarray(sw), (0, n16 - nn))),
             L.const(np.pad(bias, (0, n16 - nn)))]
     y = L.emit(L.call_tir(func, "lowbit_qmatmul_dynamic_vnni", args, (1, 1, m, nn), "float32"))

@@ -21,6 +21,7 @@ MCPU_FLAGS = {
     "znver4": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_bf16"},
     "cascadelake": _AVX512 | {"avx512_vnni"},
     "skylake-avx512": set(_AVX512),
+    "alderlake": {"avx2", "fma", "avx_vnni"},
     "haswell": {"avx2", "fma"},
     "x86-64": set(),
 }
