@@ -1,6 +1,6 @@
 """ONNX converters for neural-network ops: reductions, ArgMax, Softmax/LogSoftmax, Layer/Batch
 normalisation and LRN; MatMul and Gemm; Conv, ConvTranspose and pooling (1-D forms as the 2-D ops over a
-unit height).
+unit height, 3-D forms composed of them in ``onnx_nn3d``).
 """
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 
 from ..ir import dtypes as dt
 from ..ir.graph import Value
+from . import onnx_nn3d as nn3d
 from .onnx_ctx import Ctx, NodeError, converter, ints, norm_axis, reshape_to
 
 
@@ -133,9 +134,11 @@ def _spatial_pads(c: Ctx, a, in_hw, kernel, strides, dilations):
 
 
 def _spatial_rank(x: Value) -> int:
-    """1 or 2: the number of spatial dimensions; 1-D ops run as the 2-D ops over a unit height."""
-    if x.type.rank not in (3, 4):
-        raise NodeError(f"only 1-D and 2-D spatial inputs (NCW, NCHW) are supported, got shape {x.type.shape}")
+    """1, 2 or 3: the number of spatial dimensions; 1-D ops run as the 2-D ops over a unit height, 3-D ones as
+    compositions of them (``onnx_nn3d``)."""
+    if x.type.rank not in (3, 4, 5):
+        raise NodeError(f"only 1-D, 2-D and 3-D spatial inputs (NCW, NCHW, NCDHW) are supported, got shape "
+                        f"{x.type.shape}")
     return x.type.rank - 2
 
 
@@ -170,39 +173,86 @@ def _squeeze_height(c: Ctx, y: Value, nd: int) -> Value:
 @converter("Conv")
 def _conv(c: Ctx):
     a = c.attrs(kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET")
-    x, w = c.need(0, "X"), c.need(1, "W")
+    return convolution(c, c.need(0, "X"), c.need(1, "W"), c.inp(2), a)
+
+
+def convolution(c: Ctx, x: Value, w: Value, b: Value | None, a: dict) -> Value:
+    """ONNX Conv of ``x`` by ``w`` (+ ``b``) with Conv's attributes ``a`` (kernel_shape, strides, pads, dilations,
+    group, auto_pad), 1-D, 2-D or 3-D, in the operands' dtype (ConvInteger calls it with i32 operands)."""
     nd = _spatial_rank(x)
     if w.type.rank != nd + 2:
         raise NodeError(f"weight shape {w.type.shape} does not match a {nd}-D convolution")
+    if a["kernel_shape"] is not None and tuple(a["kernel_shape"]) != w.type.shape[2:]:
+        raise NodeError(f"kernel_shape {list(a['kernel_shape'])} differs from the weight's {list(w.type.shape[2:])}")
     g = _geometry(a, nd)
     pads = _spatial_pads(c, a, x.type.shape[2:], w.type.shape[2:], g["strides"][-nd:], g["dilations"][-nd:])
+    if nd == 3:
+        return nn3d.conv3d(c, x, w, b, g["strides"], pads, g["dilations"], a["group"])
     if nd == 1:
         x, w = _unit_height(c, x), _unit_height(c, w)
-    ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
+    ops = [x, w] + ([b] if b is not None else [])
     y = c.op("conv2d", ops, {"strides": g["strides"], "pads": _pads_2d(pads, nd), "dilations": g["dilations"],
                              "groups": a["group"]})
     return _squeeze_height(c, y, nd)
+
+
+def _transpose_pads(a, nd: int, in_sizes, kernel, strides, dilations, out_pad) -> tuple:
+    """ConvTranspose's (pads, output_padding): explicit, or made for ``output_shape`` / ``auto_pad`` SAME (an
+    output of input x stride) from the total padding ``full - wanted`` (full = stride * (in - 1) + output_padding
+    + (k - 1) * dilation + 1): SAME_UPPER puts the odd one at the end, anything else at the beginning, as the spec
+    and onnxruntime do."""
+    auto = a["auto_pad"] or "NOTSET"
+    if auto not in ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"):
+        raise NodeError(f"auto_pad '{auto}' is not supported")
+    full = [s * (i - 1) + op + (k - 1) * d + 1 for i, s, op, k, d in zip(in_sizes, strides, out_pad, kernel, dilations)]
+    if a["output_shape"] is not None:
+        if a["pads"] is not None:
+            raise NodeError("attribute 'output_shape' together with 'pads' is not supported")
+        want = list(a["output_shape"])
+        want = want[2:] if len(want) == nd + 2 else want
+        if len(want) != nd:
+            raise NodeError(f"output_shape {list(a['output_shape'])} should have {nd} values")
+        what = f"output_shape {want}"
+    elif auto in ("SAME_UPPER", "SAME_LOWER"):
+        want = [i * s for i, s in zip(in_sizes, strides)]
+        what = f"auto_pad '{auto}' (an output of input x stride, {want})"
+    elif auto == "VALID":
+        return (0,) * 2 * nd, out_pad
+    else:
+        pads = tuple(a["pads"]) if a["pads"] is not None else (0,) * 2 * nd
+        if len(pads) != 2 * nd:
+            raise NodeError(f"pads {list(pads)} should have {2 * nd} values")
+        return pads, out_pad
+    total = [f - o for f, o in zip(full, want)]
+    # a wanted size past the full one: onnxruntime pads nothing and appends the rows (zeros plus bias) at the end,
+    # as more output_padding, up to stride - 1 of it in all
+    for t, op, s in zip(total, out_pad, strides):
+        if t < 0 and a["output_shape"] is None:  # onnxruntime then gives the full size, the spec asks for more
+            raise NodeError(f"{what} is more than the full transposed convolution {full}, which is not supported")
+        if t < 0 and op - t >= s:
+            raise NodeError(f"{what} is {-t} past the full transposed convolution {full}: with "
+                            f"output_padding {op}, more than stride - 1 = {s - 1} rows at the end")
+    begin = [max(t, 0) // 2 if auto == "SAME_UPPER" else max(t, 0) - max(t, 0) // 2 for t in total]
+    pads = tuple(begin) + tuple(max(t, 0) - b for t, b in zip(total, begin))
+    return pads, tuple(op - min(t, 0) for t, op in zip(total, out_pad))
 
 
 @converter("ConvTranspose")
 def _conv_transpose(c: Ctx):
     a = c.attrs(kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET",
                 output_padding=None, output_shape=None)
-    if a["output_shape"] is not None:
-        raise NodeError("attribute 'output_shape' is not supported (give pads and output_padding)")
-    if a["auto_pad"] not in ("NOTSET", ""):
-        raise NodeError(f"auto_pad '{a['auto_pad']}' is not supported")
     x, w = c.need(0, "X"), c.need(1, "W")
     nd = _spatial_rank(x)
     if w.type.rank != nd + 2:
         raise NodeError(f"weight shape {w.type.shape} does not match a {nd}-D transposed convolution")
     g = _geometry(a, nd)
-    pads = tuple(a["pads"]) if a["pads"] is not None else (0,) * 2 * nd
-    if len(pads) != 2 * nd:
-        raise NodeError(f"pads {list(pads)} should have {2 * nd} values")
     out_pad = tuple(a["output_padding"]) if a["output_padding"] is not None else (0,) * nd
     if len(out_pad) != nd:
         raise NodeError(f"output_padding {list(out_pad)} should have {nd} value{'s' if nd > 1 else ''}")
+    pads, out_pad = _transpose_pads(a, nd, x.type.shape[2:], w.type.shape[2:], g["strides"][-nd:],
+                                    g["dilations"][-nd:], out_pad)
+    if nd == 3:
+        return nn3d.conv_transpose3d(c, x, w, c.inp(2), g["strides"], pads, g["dilations"], a["group"], out_pad)
     if nd == 1:
         x, w, out_pad = _unit_height(c, x), _unit_height(c, w), (0,) + out_pad
     ops = [x, w] + ([c.inp(2)] if c.inp(2) is not None else [])
@@ -222,10 +272,14 @@ def _pool(c: Ctx):
     if a["kernel_shape"] is None or len(a["kernel_shape"]) != nd:
         raise NodeError(f"kernel_shape {a['kernel_shape']} should have {nd} value{'s' if nd > 1 else ''}")
     g = _geometry(a, nd)
-    if not is_max and any(d != 1 for d in g["dilations"]):
-        raise NodeError("AveragePool with dilations is not supported")
     k = a["kernel_shape"]
     pads = _spatial_pads(c, a, x.type.shape[2:], k, g["strides"][-nd:], g["dilations"][-nd:])
+    if not is_max and (nd == 3 or any(d != 1 for d in g["dilations"])):
+        return _avg_pool_3d(c, x, nd, k, g["strides"][-nd:], pads, g["dilations"][-nd:], a)
+    if nd == 3:
+        if len(c.node.output) > 1 and c.node.output[1]:
+            raise NodeError("the Indices output of a 3-D MaxPool is not supported")
+        return nn3d.max_pool3d(c, x, k, g["strides"], pads, g["dilations"], bool(a["ceil_mode"]))
     x4 = _unit_height(c, x) if nd == 1 else x
     attrs = {"kernel": (1,) * (2 - nd) + tuple(k), "strides": g["strides"], "pads": _pads_2d(pads, nd),
              "ceil_mode": bool(a["ceil_mode"])}
@@ -238,6 +292,18 @@ def _pool(c: Ctx):
         return y
     idx = c.op("max_pool2d_indices", [x4], dict(attrs, storage_order=a["storage_order"]))
     return [y, _squeeze_height(c, idx, nd)]
+
+
+def _avg_pool_3d(c: Ctx, x: Value, nd: int, k, strides, pads, dilations, a) -> Value:
+    """A 3-D AveragePool, or a dilated 1-D / 2-D one (which avg_pool2d has no attribute for) as the 3-D
+    composition over unit leading spatial dimensions."""
+    lift = 3 - nd
+    s = x.type.shape
+    x5 = reshape_to(c, x, s[:2] + (1,) * lift + s[2:]) if lift else x
+    pads5 = (0,) * lift + tuple(pads[:nd]) + (0,) * lift + tuple(pads[nd:])
+    y = nn3d.avg_pool3d(c, x5, (1,) * lift + tuple(k), (1,) * lift + tuple(strides), pads5,
+                        (1,) * lift + tuple(dilations), bool(a["ceil_mode"]), bool(a["count_include_pad"]))
+    return reshape_to(c, y, y.type.shape[:2] + y.type.shape[2 + lift:]) if lift else y
 
 
 @converter("GlobalAveragePool", "GlobalMaxPool")
