@@ -6,6 +6,7 @@ import os
 from ..errors import LowbitError
 from ..ir.graph import Graph
 from .onnx_import import CONVERTERS, import_onnx
+from . import onnx_attention  # noqa: F401,E402  (Attention-23 converter)
 from . import onnx_recurrent  # noqa: F401,E402,I001  (LSTM, GRU, RNN)
 
 

@@ -1,12 +1,14 @@
-"""ONNX converters for quantization: QuantizeLinear and DequantizeLinear (per-tensor and per-axis), onnxruntime's
-DynamicQuantizeMatMul and MatMulNBits (group-wise low-bit weights)."""
+"""ONNX converters for quantization: QuantizeLinear and DequantizeLinear (per-tensor and per-axis), ConvInteger,
+onnxruntime's DynamicQuantizeMatMul and MatMulNBits (group-wise low-bit weights)."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..ir import dtypes as dt
 from ..ir.types import QuantParams, TensorType
-from .onnx_ctx import Ctx, NodeError, converter, norm_axis, onnx_dtype
+from ..quant.scheme import NARROW_I8
+from .onnx_ctx import Ctx, NodeError, converter, norm_axis, onnx_dtype, reshape_to
+from .onnx_nn import convolution
 
 
 # -- quantization -------------------------------------------------------------------------------------------------
@@ -62,6 +64,44 @@ def _dequantize(c: Ctx):
         raise NodeError(f"input '{c.node.input[0]}' is not quantized with this node's scale and zero point "
                         "(only DequantizeLinear of a constant or of a matching QuantizeLinear is supported)")
     return c.op("dequantize", [x])
+
+
+def _centered_i32(c: Ctx, v, zp_i: int, what: str, channels: int | None):
+    """``v`` as i32 minus its zero point (input ``zp_i``: one value, or with ``channels`` one per output channel)."""
+    y = c.op("cast", [v], {"to": dt.i32})
+    zp = c.inp(zp_i)
+    if zp is None:
+        return y
+    if zp.type.dtype != v.type.dtype:
+        raise NodeError(f"{what} of {zp.type.dtype.name} differs from its input's {v.type.dtype.name}")
+    if zp.type.size == 1 and zp.type.rank <= 1:
+        shape = ()
+    elif channels is not None and zp.type.shape == (channels,):
+        shape = (channels,) + (1,) * (v.type.rank - 1)
+    else:
+        per = f" or [{channels}] (one per output channel)" if channels is not None else ""
+        raise NodeError(f"{what} of shape {list(zp.type.shape)} is not supported (a scalar{per} is)")
+    if zp.is_const and not np.any(np.asarray(zp.const_value)):
+        return y
+    z = c.op("reshape", [c.op("cast", [zp], {"to": dt.i32})], {"shape": shape})
+    return c.op("sub", [y, z])
+
+
+@converter("ConvInteger")
+def _conv_integer(c: Ctx):
+    """``Conv(i32(x) - x_zero_point, i32(w) - w_zero_point)`` summed exactly in i32 (wrapping as onnxruntime's i32
+    accumulator does); padding contributes 0, as onnxruntime's padding with the zero point does. x and w u8 or
+    i8, x_zero_point a scalar, w_zero_point a scalar or one per output channel; 1-D, 2-D and 3-D."""
+    a = c.attrs(kernel_shape=None, strides=None, pads=None, dilations=None, group=1, auto_pad="NOTSET")
+    x, w = c.need(0, "x"), c.need(1, "w")
+    for v, what in ((x, "x"), (w, "w")):
+        if v.type.dtype not in (dt.u8, dt.i8):
+            raise NodeError(f"input {what} of {v.type.dtype.name} is not supported (uint8 and int8 are)")
+    if w.type.rank < 3:
+        raise NodeError(f"weight shape {list(w.type.shape)} is not [M, C/group, k...]")
+    xc = _centered_i32(c, x, 2, "x_zero_point", None)
+    wc = _centered_i32(c, w, 3, "w_zero_point", w.type.shape[0])
+    return convolution(c, xc, wc, None, a)
 
 
 @converter("com.microsoft.DynamicQuantizeMatMul")
@@ -122,13 +162,16 @@ def _matmul_nbits(c: Ctx):
       ``(q - zp) * s`` up to f32 rounding; fractional ones (HQQ) are refused;
     - bias f32 [N]: a float ``add``.
 
-    ``accuracy_level`` 0-3 are f32 activations in onnxruntime's CPU kernel (level 2/3 name f16/bf16 compute, which it
-    does not do for f32 inputs): the reference dequantizes W exactly in f32 and runs an f32 matmul. Level 4 makes
-    onnxruntime (x86-64 MLAS) quantize A at run time to i8 per row and per block of K (``scale = max|a| / 127``,
-    ``q = round_half_even(a * (127 / max|a|))``, i32 block dot products scaled by ``sa * sw``) — but only where MLAS
-    has such a kernel for the bits, block size and CPU (2-bit blocks of 32-128 on AVX-512, say), f32 elsewhere, so
-    the result is machine-dependent: refused by name. Also refused: g_idx (act-order), bits other than 2, 4 and 8
-    (onnxruntime's CPU kernel has no others), block sizes that are not a power of two >= 16, non-f32 A/scales."""
+    ``accuracy_level`` maps fixed, whatever the machine: 0-3 are f32 activations (onnxruntime's CPU kernel; level
+    2/3 name f16/bf16 compute, which it does not do for f32 inputs): the reference dequantizes W exactly in f32 and
+    runs an f32 matmul. 4 is int8 activations per block (``_int8_blocks``), as onnxruntime's x86-64 MLAS int8 path
+    computes them: each row of A and block of K quantized to ``qa = round_half_even(a * f32(127 / max|a|))`` with
+    scale ``sa = f32(max|a| / 127)`` (a block of zeros: all 0), integer dot products with ``q - zp`` per block, each
+    times ``f32(sa * sw)`` and summed over the blocks in order in f32. onnxruntime takes that path only where MLAS
+    has an int8 kernel for the bits, block size and CPU (on an AVX-512 VNNI Xeon every 4- and 8-bit block size and
+    2-bit blocks of 32-128), f32 elsewhere; lowbit computes level 4 the same way everywhere. Also refused: g_idx
+    (act-order), bits other than 2, 4 and 8 (onnxruntime's CPU kernel has no others), block sizes that are not a power
+    of two >= 16, non-f32 A/scales."""
     a = c.attrs(K=None, N=None, bits=4, block_size=None, accuracy_level=0)
     for k in ("K", "N", "block_size"):
         if a[k] is None:
@@ -138,10 +181,6 @@ def _matmul_nbits(c: Ctx):
         raise NodeError(f"bits={bits} is not supported (2, 4 and 8 are, as in onnxruntime's CPU kernel)")
     if bs < 16 or bs & (bs - 1):
         raise NodeError(f"block_size {bs} is not a power of two >= 16")
-    if level == 4:
-        raise NodeError("accuracy_level=4 (int8 activations per block) is not supported: onnxruntime quantizes A "
-                        "only where its CPU has an int8 kernel for these bits and block size, so it is not one "
-                        "exact computation (levels 0-3, f32 activations, are)")
     if not 0 <= level <= 4:
         raise NodeError(f"accuracy_level {level} is not 0-4")
     if c.inp(4) is not None:
@@ -186,11 +225,54 @@ def _matmul_nbits(c: Ctx):
     qp = QuantParams(tuple(scale.reshape(n, nb).T.reshape(-1).tolist()), tuple(zp.T.reshape(-1).tolist()), axis=1,
                      group=bs, storage=storage)
     wq = np.ascontiguousarray(q.T).astype(qdtype.np_dtype)  # [K, N]
-    w = c.op("dequantize", [c.const_value(wq, type=TensorType(wq.shape, qdtype, qp))])
-    y = c.op("matmul", [x, w])
+    if level == 4:
+        ones = QuantParams((1.0,) * len(qp.scale), qp.zero_point, axis=1, group=bs, storage=storage)
+        y = _int8_blocks(c, x, c.const_value(wq, type=TensorType(wq.shape, qdtype, ones)), scale.reshape(n, nb).T, zp)
+    else:
+        y = c.op("matmul", [x, c.op("dequantize", [c.const_value(wq, type=TensorType(wq.shape, qdtype, qp))])])
     bias = c.inp(5)
     if bias is None:
         return y
     if bias.type.dtype != dt.f32 or bias.type.shape != (n,):
         raise NodeError(f"bias must be float32 [N={n}], got {bias.type}")
     return c.op("add", [y, bias])
+
+
+def _int8_blocks(c: Ctx, x, wv, sw: np.ndarray, zp: np.ndarray):
+    """MatMulNBits' accuracy_level 4 (int8 activations per block) of A ``x`` [..., K] and ``wv``, the stored weight
+    [K, N] as a constant with group-wise parameters whose scales are all 1 (so that dequantize gives the exact
+    integers ``q - zp``); ``sw`` the weight scales [n_blocks, N], ``zp`` the zero points [N, n_blocks]. Per row and
+    block ``qa = round(a * (127 / max|a|))`` (127 / 1 where max|a| = 0: qa = 0) and ``sa = max|a| / 127``; the block
+    dot products of qa (|qa| <= 127) with ``q - zp`` are integers below 2^24 in magnitude, exact in an f32 matmul in
+    any order; each times ``sa * sw``, summed over the blocks (axis 0, in order). K is padded with zeros to whole
+    blocks. The weight stays group-wise quantized, so the code generator refuses it by name as at levels 0-3."""
+    wq = wv.const_value
+    k, n = wq.shape
+    bs = wv.type.quant.group
+    nb = -(-k // bs)
+    hi = NARROW_I8[1]
+    span = int(np.max(np.abs(wq.astype(np.int64) - np.repeat(zp.T, bs, axis=0)[:k])))
+    if hi * span * bs >= 2 ** 24:
+        raise NodeError(f"accuracy_level=4 with block_size {bs} and weights up to {span} from their zero point is not "
+                        "supported: a block's int8 dot product could pass 2^24, where f32 stops being exact")
+    lead = tuple(x.type.shape[:-1])
+    m = int(np.prod(lead, dtype=np.int64))
+    pad = nb * bs - k
+    a = reshape_to(c, x, (m, k))
+    if pad:
+        a = c.op("pad", [a], {"pads": (0, 0, 0, pad)})
+    blocks = reshape_to(c, a, (m, nb, bs))
+    amax = c.op("reduce_max", [c.op("abs", [blocks])], {"axes": (2,), "keepdims": True})  # [M, n_blocks, 1]
+
+    def f32(v):
+        return c.const_value(np.asarray(v, np.float32))
+    safe = c.op("where", [c.op("equal", [amax, f32(0)]), f32(1), amax])
+    qa = c.op("round", [c.op("mul", [blocks, c.op("div", [f32(hi), safe])])])
+    w = c.op("dequantize", [wv])
+    if pad:
+        w = c.op("pad", [w], {"pads": (0, 0, pad, 0)})
+    dots = c.op("matmul", [c.op("transpose", [qa], {"perm": (1, 0, 2)}), reshape_to(c, w, (nb, bs, n))])
+    sa = c.op("transpose", [c.op("div", [amax, f32(hi)])], {"perm": (1, 0, 2)})  # [n_blocks, M, 1]
+    s = c.op("mul", [sa, c.const_value(np.ascontiguousarray(sw, np.float32).reshape(nb, 1, n))])
+    y = c.op("reduce_sum", [c.op("mul", [dots, s])], {"axes": (0,), "keepdims": False})  # [M, N]
+    return reshape_to(c, y, lead + (n,))
