@@ -73,3 +73,18 @@ def test_op_codegen_matches_interpreter(case):
             assert max_rel_err(got[k], w) <= tol, f"{k}: {max_rel_err(got[k], w)}"
         else:
             np.testing.assert_array_equal(got[k], w)
+
+
+@pytest.mark.parametrize("op_type", ["ReduceMax", "ReduceMin"])
+@pytest.mark.parametrize("axes,keep", [([1], 0), ([0, 2], 1), (None, 0)])
+def test_float_extrema_of_infinite_rows(op_type, axes, keep):
+    """A row of -inf (+inf) reduces to -inf (+inf), as numpy: TOPI's max/min start from the largest finite value."""
+    x = np.random.default_rng(0).normal(size=(3, 4, 5)).astype(np.float32)
+    x[1], x[0, 2] = -np.inf, np.inf
+    consts = {"axes": np.array(axes, np.int64)} if axes else {}
+    g = lowbit.load(single_node_model(op_type, {"x": x}, consts, {"keepdims": keep}, 18))
+    want = lowbit.interpret(g, {"x": x})
+    got = build_and_run(g, {"x": x})
+    for k, w in want.items():
+        assert got[k].shape == w.shape
+        np.testing.assert_array_equal(got[k], w)

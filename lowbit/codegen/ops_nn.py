@@ -15,7 +15,41 @@ _RED = {"reduce_mean": "mean", "reduce_sum": "sum", "reduce_max": "max", "reduce
 @rule(*_RED)
 def _reduce(L, op, x):
     axes = list(op.attrs["axes"]) or None
+    if op.opname in ("reduce_max", "reduce_min") and op.operands[0].type.dtype.is_float:
+        return _float_extremum(L, op, x)
     return getattr(L.R, _RED[op.opname])(x, axis=axes, keepdims=op.attrs["keepdims"])
+
+
+def _float_extremum(L, op, x):
+    """A float max / min reduction starting from -inf / +inf (TOPI's starts from the largest finite value, so a
+    row of -infs came out -3.4e38)."""
+    te, tir = L.te, L.tir
+    shape = op.operands[0].type.shape
+    axes = sorted(set(op.attrs["axes"])) or list(range(len(shape)))
+    keep, big = op.attrs["keepdims"], op.opname == "reduce_max"
+    d = np_dtype(op.operands[0].type)
+    red = te.comm_reducer(lambda a, b: tir.max(a, b) if big else tir.min(a, b),
+                          lambda t: tir.const(float("-inf") if big else float("inf"), t), name="extremum")
+
+    def fn(X):
+        rs = [te.reduce_axis((0, shape[a]), name=f"r{a}") for a in axes]
+        out = [1 if a in axes else shape[a] for a in range(len(shape))] if keep else \
+            [shape[a] for a in range(len(shape)) if a not in axes]
+
+        def at(*i):
+            it, idx = iter(i), []
+            rit = iter(rs)
+            for a in range(len(shape)):
+                if a in axes:
+                    idx.append(next(rit))
+                    if keep:
+                        next(it)
+                else:
+                    idx.append(next(it))
+            return red(X[tuple(idx)], axis=rs)
+        return te.compute(out, at, name="extremum")
+    assert d == np_dtype(op.result.type)
+    return L.te_(fn, x, name="lowbit_" + op.opname)
 
 
 @rule("arg_max")
