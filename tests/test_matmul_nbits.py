@@ -116,7 +116,7 @@ def test_codegen_and_export_refuse_by_name():
     with pytest.raises(LowbitError) as e:
         lowbit.compile(g)
     msg = str(e.value)
-    assert "group-wise low-bit weights (MatMulNBits) have no kernels yet (the low-bit weights issue)" in msg
+    assert "group-wise low-bit weights have kernels only as the constant weight of qmatmul_dynamic" in msg
     assert "\n" not in msg
     from lowbit.export import to_onnx_qdq
 
@@ -171,7 +171,7 @@ def test_level4_graph_batched_input_and_refusals():
     assert "round" in [op.opname for op in g.ops]
     got = lowbit.interpret(g, {"A": a})["Y"]
     assert max_rel_err(got, run_ort(model.SerializeToString(), {"A": a})["Y"]) <= 1e-5
-    with pytest.raises(LowbitError, match="group-wise low-bit weights .MatMulNBits. have no kernels yet"):
+    with pytest.raises(LowbitError, match="group-wise low-bit weights have kernels only as the constant weight"):
         lowbit.compile(g)
     big, _, _ = _model(1024, 4, 8, 1024, zp="packed", level=4, m=1)  # 127 * ~255 * 1024 >= 2^24
     with pytest.raises(LowbitError, match="accuracy_level=4 with block_size 1024 .* could pass 2.24"):

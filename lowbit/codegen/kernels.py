@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_bf16, ops_int, ops_vnni, vnni
+from . import ops_amx, ops_bf16, ops_int, ops_vnni, ops_w4, vnni
 from .lowering import RULES, np_dtype
 
 
@@ -219,6 +219,18 @@ YMM = vnni.VPDPBUSD_256
 def _const_bias(L, op):
     return None if len(op.operands) < 3 or op.operands[2].is_const else "the bias is not a constant"
 
+
+def _grouped(L, op):
+    return None if ops_w4.grouped(op) else "the weight is not group-wise"
+
+
+def _not_grouped(L, op):
+    return "the weight is group-wise" if ops_w4.grouped(op) else None
+
+
+def _nibbles(L, op):
+    return ops_w4.nibble_codes(op)
+
 TABLE: dict[str, list[Kernel]] = {
     "qconv2d": [
         Kernel("amx-1x1-rows", _all(AMX, _u8_input, _dense, _input_nhwc, _pointwise), ops_amx.qconv2d_1x1_rows, "nhwc"),
@@ -242,13 +254,19 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("generic", lambda L, op: None, ops_int.qmatmul),
     ],
     "qmatmul_dynamic": [
-        Kernel("amx-rows", _all(AMX, _columns16, _per_row), lambda L, op: ops_amx.qmatmul_dynamic(L, op, True)),
-        Kernel("amx", _all(AMX, _columns16), lambda L, op: ops_amx.qmatmul_dynamic(L, op, False)),
-        Kernel("vnni-rows", _all(VNNI, _const_bias, _per_row), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True)),
-        Kernel("vnni", _all(VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False)),
-        Kernel("avx-vnni-rows", _all(AVX_VNNI, _const_bias, _per_row),
+        Kernel("vnni-w4", _all(_grouped, VNNI, _const_bias, _nibbles),
+               lambda L, op: ops_w4.qmatmul_dynamic_vnni(L, op, op.attrs["per_row"])),
+        Kernel("grouped-loops", _grouped, ops_w4.qmatmul_dynamic_loops),
+        Kernel("amx-rows", _all(_not_grouped, AMX, _columns16, _per_row),
+               lambda L, op: ops_amx.qmatmul_dynamic(L, op, True)),
+        Kernel("amx", _all(_not_grouped, AMX, _columns16), lambda L, op: ops_amx.qmatmul_dynamic(L, op, False)),
+        Kernel("vnni-rows", _all(_not_grouped, VNNI, _const_bias, _per_row),
+               lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True)),
+        Kernel("vnni", _all(_not_grouped, VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False)),
+        Kernel("avx-vnni-rows", _all(_not_grouped, AVX_VNNI, _const_bias, _per_row),
                lambda L, op: ops_vnni.qmatmul_dynamic(L, op, True, YMM)),
-        Kernel("avx-vnni", _all(AVX_VNNI, _const_bias), lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False, YMM)),
+        Kernel("avx-vnni", _all(_not_grouped, AVX_VNNI, _const_bias),
+               lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False, YMM)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul_dynamic),
     ],
     "conv2d_bf16": [

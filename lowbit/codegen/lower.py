@@ -40,6 +40,13 @@ def _ident(name: str, used: set) -> str:
     return n
 
 
+def grouped_weight(v) -> bool:
+    """A group-wise constant that only qmatmul_dynamic reads, as its weight: its kernels take the codes from the
+    constant itself, so it is never materialized."""
+    return v.is_const and bool(v.users) and all(u.opname == "qmatmul_dynamic" and u.operands[1] is v
+                                                   and v not in u.operands[2:] for u in v.users)
+
+
 def check_lowerable(graph: Graph) -> None:
     """Refuse, before any TVM work, ops and dtypes the code generator does not implement."""
     problems = []
@@ -49,9 +56,12 @@ def check_lowerable(graph: Graph) -> None:
         elif op.opname not in RULES and op.opname not in TABLE and op.opname != "const":
             problems.append(f"{op.describe()}: no lowering rule for op '{op.opname}'")
         for v in op.results + op.operands:
-            if v.type.quant is not None and v.type.quant.group is not None:  # before the dtype: they are often u4
-                problems.append(f"{op.describe()}: group-wise low-bit weights (MatMulNBits) have no kernels yet "
-                                "(the low-bit weights issue)")
+            if v.type.quant is not None and v.type.quant.group is not None:  # (before the dtype: often u4)
+                if grouped_weight(v):
+                    continue
+                problems.append(f"{op.describe()}: group-wise low-bit weights have kernels only as the constant "
+                                "weight of qmatmul_dynamic (--preset w4a8); a dequantized one (MatMulNBits with "
+                                "f32 activations, --preset w4) has none yet")
                 break
             if v.type.dtype not in SUPPORTED_DTYPES:
                 problems.append(f"{op.describe()}: dtype {v.type.dtype.name} is not supported by codegen yet")
@@ -158,7 +168,8 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
         with bb.dataflow():
             for i, op in enumerate(graph.ops):
                 if op.opname == "const":
-                    env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
+                    if not grouped_weight(op.result):
+                        env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
                     continue
                 L.funcs = []
                 name = op.loc or f"{op.opname}_{i}"

@@ -21,7 +21,7 @@ from . import dtypes as dt
 from .graph import Graph, Op
 from .registry import conv_out, slice_dim
 from ..quant.scheme import (dequantize_array, dynamic_rescale, dynamic_u8_params, dynamic_u8_row_params,
-                            quantize_array, requantize_accumulator)
+                            group_shape, grouped_dynamic_rescale, quantize_array, requantize_accumulator)
 from .types import QuantParams, TensorType
 
 _IMPLS: dict[str, Callable] = {}
@@ -434,8 +434,17 @@ def _qmatmul(op, x, w, b=None):
 def _qmatmul_dynamic(op, x, w, b=None):
     sx, zx = dynamic_u8_row_params(x) if op.attrs["per_row"] else dynamic_u8_params(x)
     xq = np.clip(np.rint(x.astype(np.float32) / sx) + zx, 0, 255)
+    q = op.operands[1].type.quant
+    if q.group is not None:  # per group of K: exact sums, each rescaled and added in order
+        grid = group_shape(q, w.shape)
+        zw = q.zero_point_array().reshape(grid)
+        sw = q.scale_array().reshape(grid)
+        accs = np.stack([np.rint(np.matmul(xq[..., g * q.group:(g + 1) * q.group].astype(np.float64) - zx,
+                                           w[g * q.group:(g + 1) * q.group].astype(np.float64) - zw[g]))
+                         for g in range(grid[0])])
+        return grouped_dynamic_rescale(accs, sx, sw, b)
     acc = np.rint(np.matmul(xq.astype(np.float64) - zx, w.astype(np.float64)))
-    return dynamic_rescale(acc, sx, op.operands[1].type.quant.scale_array(), b)
+    return dynamic_rescale(acc, sx, q.scale_array(), b)
 
 
 def bf16_round(x: np.ndarray) -> np.ndarray:

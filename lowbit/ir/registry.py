@@ -658,9 +658,12 @@ def _infer_qmatmul_dynamic(types, attrs):
     if x.dtype != dt.f32:
         raise ValueError(f"input must be f32, got {x}")
     q = w.quant
-    if w.dtype != dt.i8 or w.rank != 2 or q is None or q.group is not None or q.axis not in (None, 1) \
-            or any(z != 0 for z in q.zero_point):
-        raise ValueError(f"weight must be a 2-D i8 [K, N] with zero point 0, per tensor or per column, got {w}")
+    if q is not None and q.group is not None:  # group-wise along K, one (scale, zero point) per group and column
+        if w.dtype not in (dt.i4, dt.u4, dt.i8, dt.u8) or w.rank != 2 or q.axis != 1:
+            raise ValueError(f"a group-wise weight must be a 2-D i4/u4/i8/u8 [K, N] grouped along K (axis=1), got {w}")
+    elif w.dtype != dt.i8 or w.rank != 2 or q is None or q.axis not in (None, 1) or any(z != 0 for z in q.zero_point):
+        raise ValueError(f"weight must be a 2-D i8 [K, N] with zero point 0, per tensor or per column, or group-wise, "
+                         f"got {w}")
     (f,) = _infer_matmul([x, _float_view(w)], attrs)
     if len(types) == 3 and (types[2].dtype != dt.f32 or types[2].shape != (f.shape[-1],)):
         raise ValueError(f"bias must be f32 [{f.shape[-1]}], got {types[2]}")
@@ -671,7 +674,10 @@ register(OpSchema("qmatmul_dynamic", (2, 3), {"per_row": Attr("bool", False)}, _
                   doc="x quantized at run time to u8 over [min(x, 0), max(x, 0)] (scale = range / 255, zp = "
                       "round(-min / scale)) — over the whole tensor (onnxruntime's DynamicQuantizeLinear) or, with "
                       "per_row, over each row of the last axis (one scale per token) — exact i32 matmul with the i8 "
-                      "weight, y = f32(acc) * f32(sx * sw) + bias rounded once (a fused multiply-add)",
+                      "weight, y = f32(acc) * f32(sx * sw) + bias rounded once (a fused multiply-add). A group-wise "
+                      "weight (i4/u4/i8/u8, one scale and zero point per group of K and column): exact sums "
+                      "acc_g = sum over the group of (xq - zx) * (w - zw_g); from the bias (or 0), each group in order "
+                      "adds f32(acc_g) * f32(sx * sw_g), rounded once",
                   traits=_INTEGER))
 
 

@@ -7,7 +7,9 @@ names left in float, e.g. ``[gemm]``) and ``exclude_nodes`` (op locations, i.e. 
 ``dynamic=true`` instead quantizes matmuls and gemms by constants to ``qmatmul_dynamic`` (the input's u8 scale
 computed at run time; no calibration data needed): ``per_row=true`` (the default) gives each row (token) its own
 scale, ``per_row=false`` one per tensor, as onnxruntime's quantize_dynamic does — transformers have a few
-tokens with outlying activations, which a per-tensor scale spends most of its 256 levels on.
+tokens with outlying activations, which a per-tensor scale spends most of its 256 levels on. A matmul by a
+group-wise low-bit weight (``quantize-weights``, onnxruntime's MatMulNBits), ``matmul(x, dequantize(w))``,
+becomes ``qmatmul_dynamic(x, w)`` with the weight's codes, groups, scales and zero points as they are (W4A8).
 
 Weights: int8 symmetric per output channel (scale = max|w| / 127). Biases: i32 in units of input scale x
 weight scale. Activations: one scale and zero point per tensor from the calibrator, at every input of a
@@ -46,6 +48,18 @@ def weight_axis(op) -> int | None:
     if op.opname == "matmul" and w.type.rank == 2 and op.operands[0].type.rank >= 2:
         return 1
     return None
+
+
+def grouped_weight(op):
+    """The group-wise constant w of ``matmul(x, dequantize(w))`` (w [K, N] grouped along K, x f32), else None."""
+    if op.opname != "matmul" or op.operands[0].type.dtype != dt.f32 or op.operands[0].type.rank < 1:
+        return None
+    d = op.operands[1].producer
+    if d is None or d.opname != "dequantize" or not d.operands[0].is_const:
+        return None
+    w = d.operands[0]
+    q = w.type.quant
+    return w if q is not None and q.group is not None and q.axis == 1 and w.type.rank == 2 else None
 
 
 def _per_channel_i8(w: np.ndarray, axis: int):
@@ -98,6 +112,12 @@ class Quantize(Pass):
             for op in targets:
                 if op.opname != "conv2d":
                     self._quantize_dynamic(graph, op, self.per_row)
+            for op in [op for op in graph.ops if grouped_weight(op) is not None and op.opname not in self.exclude_ops
+                       and (op.loc or "") not in self.exclude_nodes]:
+                y = graph.create("qmatmul_dynamic", [op.operands[0], grouped_weight(op)], {"per_row": self.per_row},
+                                 loc=op.loc, before=op).result
+                graph.replace_all_uses(op.results[0], y)
+                graph.erase(op)
             return
         if not targets:
             return

@@ -195,6 +195,22 @@ def dynamic_u8_row_params(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return scale, zp
 
 
+def fma_f32(a, b, c) -> np.ndarray:
+    """a * b + c for f32 arrays, rounded once to f32 (what ``vfmadd`` computes). The f64 product of two f32 is
+    exact; the f64 sum s is corrected by its exact error e (two-sum) where s falls on a midpoint between two
+    f32 values, the one case where rounding s again to f32 could differ from rounding the exact a * b + c."""
+    p = np.asarray(a, np.float32).astype(np.float64) * np.asarray(b, np.float32).astype(np.float64)
+    c = np.asarray(c, np.float32).astype(np.float64)
+    s = p + c
+    bp = s - c
+    e = (p - bp) + (c - (s - bp))  # exact: s + e == p + c
+    r = s.astype(np.float32)
+    other = np.nextafter(r, np.where(s > r, np.float32(np.inf), np.float32(-np.inf))).astype(np.float32)
+    tie = (s != r) & (np.abs(s - r.astype(np.float64)) == np.abs(other.astype(np.float64) - s)) & (e != 0)
+    toward = np.where(e > 0, np.maximum(r, other), np.minimum(r, other))
+    return np.where(tie, toward, r).astype(np.float32)
+
+
 def dynamic_rescale(acc: np.ndarray, x_scale, w_scales, bias=None) -> np.ndarray:
     """f32(acc) * (sx * sw) [+ bias] for a dynamically quantized matmul (acc already zero-point corrected),
     with one rounding when there is a bias, as the fused multiply-add the CPU code uses (the f64 product of
@@ -203,7 +219,21 @@ def dynamic_rescale(acc: np.ndarray, x_scale, w_scales, bias=None) -> np.ndarray
     a = acc.astype(np.int32).astype(np.float32)
     if bias is None:
         return a * m
-    return (a.astype(np.float64) * m.astype(np.float64) + bias.astype(np.float64)).astype(np.float32)
+    return fma_f32(a, m, bias)
+
+
+def grouped_dynamic_rescale(accs: np.ndarray, x_scale, w_scales: np.ndarray, bias=None) -> np.ndarray:
+    """The f32 result of a dynamically quantized matmul by a group-wise weight: ``accs`` [G, ..., N] the exact
+    integer sums of each group of K (zero points already taken off), ``w_scales`` [G, N]; starting from the bias
+    (or 0), each group in order adds f32(acc_g) * f32(sx * sw_g) rounded once (a fused multiply-add, as the CPU
+    code does; the f64 product of two f32 values is exact)."""
+    y = np.zeros(accs.shape[1:], np.float32) if bias is None else np.broadcast_to(
+        np.asarray(bias, np.float32), accs.shape[1:]).astype(np.float32)
+    for g in range(accs.shape[0]):
+        m = (np.asarray(x_scale, np.float32) * np.asarray(w_scales[g], np.float32)).astype(np.float32)
+        a = accs[g].astype(np.int32).astype(np.float32)
+        y = fma_f32(a, m, y)
+    return y
 
 
 def scale_product(x_scale, w_scales) -> np.ndarray:
@@ -214,5 +244,5 @@ def scale_product(x_scale, w_scales) -> np.ndarray:
 
 __all__ = ["storage_range", "type_range", "output_clamp", "group_shape", "quantize_array", "dequantize_array", "affine_params", "fake_quantize",
            "symmetric_weights", "bias_unit", "bias_to_i32", "folded_bias", "requant_multiplier",
-           "requantize_accumulator", "relu_folds_into_saturation", "dynamic_u8_params", "dynamic_u8_row_params",
+           "requantize_accumulator", "relu_folds_into_saturation", "dynamic_u8_params", "dynamic_u8_row_params", "grouped_dynamic_rescale", "fma_f32",
            "dynamic_rescale", "scale_product"]
