@@ -83,3 +83,14 @@ def test_assumed_cpu_features(monkeypatch):
     assert not host.missing_cpu_features(t.to_json())
     monkeypatch.delenv(host.ASSUME_ENV)
     assert host.assumed_flags() == set()
+
+
+def test_host_caches_read_from_sysfs():
+    import os
+
+    from lowbit.runtime.host import host_caches
+
+    if not os.path.isdir("/sys/devices/system/cpu/cpu0/cache/index0"):
+        pytest.skip("no sysfs cache description here")
+    c = host_caches()
+    assert c.get("l1d", 0) > 0 and c.get("l2", 0) > c["l1d"]

@@ -156,6 +156,8 @@ def host_caches() -> dict[str, int]:
     try:
         for idx in sorted(os.listdir(base)):
             d = os.path.join(base, idx)
+            if not idx.startswith("index") or not os.path.isdir(d):  # (sysfs also has a ``uevent`` file here)
+                continue
             with open(os.path.join(d, "level")) as f:
                 level = f.read().strip()
             with open(os.path.join(d, "type")) as f:
