@@ -210,6 +210,14 @@ def cmd_inspect(args) -> int:
             mark = f" tuned {tuned['speedup']:.2f}x {tuned['knobs']}" if tuned else ""
             lines.append(f"  {k['name']:<{width}}  {k['op']:<16} {k['kernel']:<16}{mark}"
                          + (f" (passed over {why})" if why else ""))
+    weights = [k["weight"] for k in kernels if "weight" in k]
+    if weights:
+        stored, f32 = sum(w["stored_bytes"] for w in weights), sum(w["f32_bytes"] for w in weights)
+        enc: dict = {}
+        for w in weights:
+            enc[w["encoding"]] = enc.get(w["encoding"], 0) + 1
+        lines.append(f"weights    {stored} bytes stored, {stored / f32:.3f}x their f32 {f32} bytes ("
+                     + ", ".join(f"{e}: {n}" for e, n in enc.items()) + ")")
     if "quant_report" in manifest:
         from .quant.report import format_report
 

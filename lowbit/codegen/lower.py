@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from ..errors import LowbitError
 from ..ir.graph import Graph
 from . import layout, ops_bf16, ops_elementwise, ops_int, ops_math, ops_nn, ops_shape, ops_tensor  # noqa: F401  (rules)
@@ -45,6 +47,30 @@ def grouped_weight(v) -> bool:
     constant itself, so it is never materialized."""
     return v.is_const and bool(v.users) and all(u.opname == "qmatmul_dynamic" and u.operands[1] is v
                                                    and v not in u.operands[2:] for u in v.users)
+
+
+def encoding(t) -> str:
+    """A weight type's encoding as the manifest names it: ``f32``, ``i8 per-channel``, ``i4 group 128``,
+    ``u4 group 32, zero points``."""
+    q = t.quant
+    if q is None:
+        return t.dtype.name
+    parts = [t.dtype.name + (f" group {q.group}" if q.group is not None else " per-channel" if q.axis is not None
+                             else " per-tensor")]
+    if any(q.zero_point):
+        parts.append("zero points")
+    return ", ".join(parts)
+
+
+def weight_record(L, op, before: int) -> dict | None:
+    """The manifest's record of an op's constant weight (operand 1): its encoding and the bytes its kernel stores
+    (the constants lowering it made; a constant used as it is: its own bytes), beside its f32 bytes."""
+    if len(op.operands) < 2 or not op.operands[1].is_const or op.operands[1].type.rank < 2:
+        return None
+    w = op.operands[1]
+    made = getattr(L, "const_bytes", 0) - before
+    stored = made if made else int(np.asarray(w.const_value).nbytes)
+    return {"encoding": encoding(w.type), "stored_bytes": int(stored), "f32_bytes": 4 * int(np.prod(w.type.shape))}
 
 
 def check_lowerable(graph: Graph) -> None:
@@ -178,15 +204,23 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
                 try:
                     if len(op.results) == 1 and id(op.result) in plan:
                         cb = plan[id(op.result)]
+                        before = getattr(L, "const_bytes", 0)
                         benv[op.result] = (L.emit(layout.lower_blocked(L, op, cb, plan, get_blocked)), cb)
                         native[op.result] = f"b{cb}"
                         kernels.append({"name": name, "op": op.opname, "kernel": f"nchw{cb}c"})
+                        weight = weight_record(L, op, before)
+                        if weight:
+                            kernels[-1]["weight"] = weight
                     else:
                         k, passed = choose(L, op)
+                        before = getattr(L, "const_bytes", 0)
                         res = k.lower(L, op)
                         record = {"name": name, "op": op.opname, "kernel": k.name}
                         if passed:
                             record["passed_over"] = passed
+                        weight = weight_record(L, op, before)
+                        if weight:
+                            record["weight"] = weight
                         kernels.append(record)
                         if k.layout == "nhwc":
                             nenv[op.result] = L.emit(res)

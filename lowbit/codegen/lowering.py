@@ -56,6 +56,7 @@ class Lowerer:
         a = np.asarray(array)
         if dtype is not None:
             a = a.astype(dtype)
+        self.const_bytes = getattr(self, "const_bytes", 0) + a.nbytes  # what the op's kernel stores (manifest)
         return self.relax.const(a, str(a.dtype))
 
     def scalar(self, value, dtype: str):
