@@ -30,6 +30,9 @@ PRESETS: dict[str, str] = {
     "int8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{calibrator=mse},lower-qdq,canonicalize,dce",
     "int8-dynamic": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{dynamic=true},canonicalize,dce",
     "bf16": "canonicalize,fold-constants,fold-batchnorm,fuse,to-bf16,canonicalize,dce",
+    "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{method=auto},canonicalize,dce",
+    "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{method=auto},quantize{dynamic=true},"
+            "canonicalize,dce",
 }
 
 
@@ -86,7 +89,7 @@ def _parse_option(cls, fname: str, ftype, text: str):
             return float(text)
         if ftype is str:
             return text
-        if origin is tuple:
+        if ftype is tuple or origin is tuple:
             if not (text.startswith("[") and text.endswith("]")):
                 raise ValueError
             inner = text[1:-1].strip()

@@ -1,0 +1,212 @@
+"""quantize-weights: weight-only low-bit quantization (int4 group-wise, as GPTQ / AWQ checkpoints and
+onnxruntime's MatMulNBits store it); activations stay f32.
+
+Every ``matmul`` by a constant f32 [K, N] weight and every ``gemm`` by a constant f32 B becomes
+``matmul(x, dequantize(const w_q))``, the form MatMulNBits imports to: ``w_q`` [K, N] with one f32 scale (and
+zero point) per output column and per ``group`` rows of K (``q<axis=1, group=G, [...]>``, the last group partial
+when G does not divide K). A gemm keeps its meaning exactly: ``trans_b`` is applied to the weight before it is
+quantized, ``trans_a`` becomes a ``transpose`` of A, ``alpha`` a ``mul`` by it, and C (times ``beta``, folded into
+a constant C) an ``add`` — the f32 operations the gemm's reference performs, in its order.
+
+Options: ``bits`` (2..8), ``group`` (rows of K per scale), ``symmetric`` (signed, zero point 0, the narrow range
+[-(2^(b-1) - 1), 2^(b-1) - 1], scale = max|w| / (2^(b-1) - 1): i4 ``range=-7:7`` for 4 bits; else unsigned with
+a zero point per group: u4 for 4 bits; ``lowbit.quant.gptq`` has the grid), ``method``:
+
+- ``rtn``: round to nearest; needs no data;
+- ``gptq``: GPTQ from calibration data (``PassContext(calibration=...)``, ``--calib``); ``damp`` (the fraction of
+  the Hessian's mean diagonal added to it) and ``block`` (rows of K per lazy batch update) are its knobs;
+- ``auto``: ``gptq`` with calibration data, else ``rtn`` with a ``LowbitWarning`` (what the ``w4`` preset uses).
+
+``exclude_ops`` (``[gemm]``) and ``exclude_nodes`` (op locations, i.e. ONNX node names) stay f32.
+
+With calibration data the layers are quantized in graph order, each from the inputs the already quantized earlier
+layers give it (the reference GPTQ's sequential order): the interpreter runs every sample through the graph once,
+the weights dequantized as the rewritten graph computes them. Each layer's record — ``{name, op, method, bits,
+group, rel_error}``, ``rel_error`` = ‖X·Ŵ − X·W‖ / ‖X·W‖ over its calibration inputs X (None without data) —
+is appended to ``ctx.weight_report`` (``weight_report(ctx)``); ``ctx.rule_hits["quantize-weights"]`` counts
+the layers. A matmul or gemm left f32 says why under ``debug_rewrites``.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import LowbitError, LowbitWarning
+from ..ir import dtypes as dt
+from ..ir.graph import Graph
+from ..quant import gptq as qw
+from ..quant import scheme
+from .base import Pass, PassContext, register_pass
+
+TARGETS = ("matmul", "gemm")
+METHODS = ("rtn", "gptq", "auto")
+
+
+def weight_report(ctx: PassContext) -> list:
+    """The per-layer records quantize-weights appended to ``ctx`` (created empty on first use)."""
+    rows = getattr(ctx, "weight_report", None)
+    if rows is None:
+        rows = []
+        ctx.weight_report = rows
+    return rows
+
+
+def target_weight(op) -> tuple[np.ndarray | None, str | None]:
+    """(the [K, N] f32 weight, None) of a matmul / gemm quantize-weights takes, or (None, why not)."""
+    w, x = op.operands[1], op.operands[0]
+    if not w.is_const:
+        return None, "the weight is not a constant"
+    if w.type.dtype != dt.f32 or w.type.quant is not None or x.type.dtype != dt.f32:
+        return None, f"the operands are {x.type.dtype.name} and {w.type.dtype.name}, not f32"
+    if w.type.rank != 2:
+        return None, f"the weight is rank {w.type.rank}, not a [K, N] matrix"
+    if 0 in w.type.shape:
+        return None, "the weight is empty"
+    a = np.asarray(w.const_value, np.float32)
+    if op.opname == "gemm" and op.attrs["trans_b"]:  # B is [N, K]
+        a = a.T
+    return np.ascontiguousarray(a), None
+
+
+def _input_rows(op, x: np.ndarray) -> np.ndarray:
+    """The rows of K a layer multiplies its weight by, [rows, K]."""
+    if op.opname == "gemm" and op.attrs["trans_a"]:
+        x = x.T
+    return x.reshape(-1, x.shape[-1])
+
+
+@register_pass
+@dataclass(frozen=True)
+class QuantizeWeights(Pass):
+    name = "quantize-weights"
+    bits: int = 4
+    group: int = 128
+    symmetric: bool = True
+    method: str = "rtn"
+    damp: float = 0.01
+    block: int = 128
+    exclude_ops: tuple[str, ...] = ()  # tuple[str, ...], not tuple: the pipeline parser reads that as a list
+    exclude_nodes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.bits not in qw.BITS:
+            raise ValueError(f"bits must be 2..8, got {self.bits}")
+        if self.group < 1 or self.block < 1:
+            raise ValueError(f"group and block must be >= 1, got {self.group} and {self.block}")
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method '{self.method}' (known: {', '.join(METHODS)})")
+        if not self.damp >= 0:
+            raise ValueError(f"damp must be >= 0, got {self.damp}")
+
+    def run(self, graph: Graph, ctx: PassContext) -> None:
+        targets = []
+        for op in graph.ops:
+            if op.opname not in TARGETS:
+                continue
+            if op.opname in self.exclude_ops or (op.loc or "") in self.exclude_nodes:
+                why = "excluded"
+            else:
+                why = target_weight(op)[1]
+            if why is None:
+                targets.append(op)
+            elif ctx.debug_rewrites:
+                ctx.log(f"quantize-weights: {op.describe()} stays f32: {why}")
+        if not targets:
+            return
+        method = self.method
+        if ctx.calibration is None and method == "gptq":
+            raise LowbitError("quantize-weights{method=gptq} needs calibration data (lowbit compile --calib DATA, "
+                              "or PassContext(calibration=...)); method=rtn needs none")
+        if ctx.calibration is None and method == "auto":
+            warnings.warn("quantize-weights: no calibration data, so the weights are rounded to nearest (method=rtn) "
+                          "instead of GPTQ; give --calib DATA for GPTQ", LowbitWarning, stacklevel=2)
+        if method == "auto":
+            method = "rtn" if ctx.calibration is None else "gptq"
+        if ctx.calibration is None:
+            done = {id(op): (*qw.rtn(target_weight(op)[0], self.bits, self.group, self.symmetric), None)
+                    for op in targets}
+        else:
+            from ..quant.calibrate import load_samples
+
+            done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method)
+        rows = weight_report(ctx)
+        for op in targets:
+            q, t, err = done[id(op)]
+            rows.append({"name": op.loc or op.describe(), "op": op.opname, "method": method, "bits": self.bits,
+                         "group": self.group, "rel_error": None if err is None else round(err, 6)})
+            _rewrite(graph, op, q, t)
+        ctx.rule_hits[self.name] = ctx.rule_hits.get(self.name, 0) + len(targets)
+
+    def _quantize(self, op, w: np.ndarray, xtx: np.ndarray, n: int, method: str):
+        if method == "rtn":
+            return qw.rtn(w, self.bits, self.group, self.symmetric)
+        return qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, self.group, self.symmetric, self.damp, self.block,
+                       what=op.describe())
+
+    def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
+        """{id(op): (integers, type, relative error)}: the samples run through the graph op by op, each target
+        quantized from its inputs there and then computed with its dequantized weight."""
+        from ..ir.interp import evaluate_op
+
+        pending = {id(op) for op in targets}
+        last = {}
+        for i, op in enumerate(graph.ops):
+            for v in op.operands:
+                last[id(v)] = i
+        envs = [{id(v): s[v.name] for v in graph.inputs} for s in samples]
+        done = {}
+        for i, op in enumerate(graph.ops):
+            if not pending:
+                break
+            override = None
+            if id(op) in pending:
+                pending.discard(id(op))
+                w = target_weight(op)[0]
+                xtx, n = qw.hessian(_input_rows(op, env[id(op.operands[0])]) for env in envs)
+                q, t = self._quantize(op, w, xtx, n, method)
+                w_hat = scheme.dequantize_array(q, t)
+                done[id(op)] = (q, t, qw.relative_error(w, w_hat, xtx))
+                override = w_hat.T if op.opname == "gemm" and op.attrs["trans_b"] else w_hat
+            for env in envs:
+                args = [env[id(v)] for v in op.operands]
+                if override is not None:
+                    args[1] = override
+                for r, a in zip(op.results, evaluate_op(op, args)):
+                    env[id(r)] = a
+                for v in op.operands:
+                    if last[id(v)] == i:
+                        env.pop(id(v), None)
+        return done
+
+
+def _rewrite(g: Graph, op, q: np.ndarray, t) -> None:
+    """``op`` -> ``matmul(x, dequantize(const q))`` [* alpha] [+ beta * C]."""
+    loc = op.loc
+    x = op.operands[0]
+    w = g.create("dequantize", [g.const(q, loc=loc, before=op, type=t)], loc=loc, before=op).result
+    if op.opname == "gemm" and op.attrs["trans_a"]:
+        x = g.create("transpose", [x], {"perm": (1, 0)}, loc=loc, before=op).result
+    y = g.create("matmul", [x, w], loc=loc, before=op).result
+    if op.opname == "gemm":
+        a = op.attrs
+        if a["alpha"] != 1.0:
+            y = g.create("mul", [y, g.const(np.asarray(a["alpha"], np.float32), loc=loc, before=op)], loc=loc,
+                         before=op).result
+        if len(op.operands) > 2:
+            c = op.operands[2]
+            if a["beta"] != 1.0:
+                if c.is_const:
+                    v = np.asarray(c.const_value)
+                    c = g.const(v * np.asarray(a["beta"], v.dtype), loc=loc, before=op)
+                else:
+                    beta = g.const(np.asarray(a["beta"], np.float32), loc=loc, before=op)
+                    c = g.create("mul", [c, beta], loc=loc, before=op).result
+            y = g.create("add", [y, c], loc=loc, before=op).result
+    producers = [v.producer for v in op.operands[1:]]
+    g.replace_all_uses(op.results[0], y)
+    g.erase(op)
+    for p in producers:  # the f32 weight (and a folded C) when nothing else reads them
+        if p.graph is g and p.opname == "const" and not p.result.uses and not g.is_output(p.result):
+            g.erase(p)
