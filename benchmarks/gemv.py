@@ -43,7 +43,6 @@ def _pack_nibbles(q: np.ndarray) -> np.ndarray:
 
 def nbits_model(k: int, n: int, block: int, copies: int, level: int, m: int, seed: int = 0):
     """(ONNX bytes, weight bytes per GEMV): ``copies`` MatMulNBits nodes (4-bit, packed zero points) on input A."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
@@ -93,17 +92,26 @@ def read_bandwidth(nbytes: int, threads: int, runs: int = 7) -> tuple[float, obj
     from lowbit.codegen import Target
 
     chunks = 1024
-    words = nbytes // 4 // (chunks * 16) * (chunks * 16)
+    words = nbytes // 4 // (chunks * 64) * (chunks * 64)
+
+    per = words // chunks // 64  # 64-word (256-byte) steps per chunk, into 4 vector accumulators
 
     @T.prim_func
     def stream(A: T.Buffer((words,), "int32"), S: T.Buffer((chunks, 16), "int32")):
         T.func_attr({"tirx.noalias": True})
         for c in T.parallel(chunks):
+            acc = T.decl_buffer((64,), "int32", scope="local")
+            for j in T.vectorized(64):
+                acc[j] = 0
+            for i in range(per):
+                for u in T.unroll(4):
+                    acc[T.ramp(u * 16, 1, 16)] = acc[T.ramp(u * 16, 1, 16)] + A.vload(
+                        [(c * per + i) * 64 + u * 16], "int32x16")
             for j in T.vectorized(16):
-                S[c, j] = 0
-            for i in range(words // chunks // 16):
-                for j in T.vectorized(16):
-                    S[c, j] = S[c, j] + A[(c * (words // chunks // 16) + i) * 16 + j]
+                S[c, j] = acc[j] + acc[16 + j] + acc[32 + j] + acc[48 + j]
+    import lowbit.runtime as rt
+
+    rt.set_threads(threads)
     lib = tvm.compile(tvm.IRModule({"stream": stream}), target=Target.parse("cpu").tvm())
     a = tvm.runtime.tensor(np.ones(words, np.int32))
     s = tvm.runtime.tensor(np.zeros((chunks, 16), np.int32))

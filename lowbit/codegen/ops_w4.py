@@ -33,8 +33,8 @@ def nibble_codes(op) -> str | None:
     lo, hi = storage_range(wt.dtype, wt.quant)
     if hi - lo > 15:
         return f"{wt.dtype.name} codes span {hi - lo + 1} values, the nibble kernel takes 16"
-    if wt.quant.group % w4.STEP:
-        return f"group {wt.quant.group} is not a multiple of {w4.STEP}"
+    if wt.quant.group % w4.STEP or wt.quant.group > w4.MAX_GROUP:
+        return f"group {wt.quant.group} is not a multiple of {w4.STEP} up to {w4.MAX_GROUP}"
     return None
 
 
@@ -52,16 +52,14 @@ def qmatmul_dynamic_vnni(L, op, rows_pass: bool):
     k, n = w.shape
     group = op.operands[1].type.quant.group
     m = int(np.prod(xt.shape[:-1]))
-    ng = -(-k // group)
-    kp = ng * group
+    kp = -(-k // group) * group
     xq, sc, zp = ops_amx.quantized_rows(L, op, m, kp, rows_pass)
-    packed, zv, wsum = w4.nibbles(w, zw, lo, group)
-    n16 = packed.shape[0] * 16
-    swp = np.ones((ng, n16), np.float32)
-    swp[:, :n] = sw
+    xs = w4.row_sums_te(L, xq, zp, m, k, group, op.attrs["per_row"])
+    stream = w4.nibbles(w, zw, lo, group, sw)
+    n16 = stream.shape[0] * 16
     func = w4.matmul_func(m, kp, n, group, op.attrs["per_row"], rt.shape, rows=L.knob("vnni_pixels", op),
                           tasks=L.knob("vnni_tasks", op))
-    args = [xq, sc, zp, L.const(packed), L.const(zv), L.const(wsum), L.const(swp), L.const(_bias(op, n, n16))]
+    args = [xq, sc, zp, xs, L.const(stream), L.const(_bias(op, n, n16))]
     return L.call_tir(func, "lowbit_qmatmul_w4_vnni", args, rt.shape, "float32")
 
 

@@ -2,62 +2,91 @@
 
 The weight streams from memory as packed nibbles, 64 bytes per load: 16 output columns x 8 consecutive k, the
 low nibbles holding k..k+3 and the high ones k+4..k+7 of each column (VNNI order: a column's 4 k are one 32-bit
-lane). A load becomes two i8 vectors in registers — ``and 15`` / ``shift 4`` and the column's zero point
-subtracted (``vpsubb``), w - zw in [-15, 15] — each fed to one ``vpdpbusd`` per row with that row's 4 u8 inputs
-broadcast. Per group and column the kernel also reads a u8 zero point (spread to the 4 bytes of a lane with one
-multiply), an i16 column sum and an f32 scale: 7 bytes beside the 16 of nibbles at group 32. The i32 sums of a group of K are exact; at the group's end each is rescaled and added to the f32
-result with one fused multiply-add, ``y = fma(f32(acc - zx * wsum), sx * sw, y)``, the group order and rounding
-of the reference (``quant.scheme.grouped_dynamic_rescale``). A register tile is ``rows`` rows x ``vecs``
-16-column vectors; tasks are (row tile, column block) pairs. With one row (a GEMV, the decode step of an LLM)
-the kernel reads 4.25 bits per weight (scales, zero points and column sums add 0.25 at group 128) and is bound
-by memory bandwidth.
+lane). A load becomes two i8 vectors of codes 0..15 in registers (``and 15``, ``shift 4``), each fed to one
+``vpdpbusd`` per row with that row's 4 u8 inputs broadcast: 5 instructions per 64 bytes and row. The zero
+points come in at the group's end, from sums:
+
+    sum_k (x - zx)(c - zc) = sum_k x c - zc * X_g - zx * C_g,   X_g = sum_k (x - zx),  C_g = sum_k c
+
+(k over the group's real rows; X_g per row and group is computed with the quantized rows, C_g is a constant).
+Each 16-column block streams as one record per group: the nibbles, then the group's 16 f32 scales, i16 code
+sums and u8 zero points (``RECORD_TAIL`` bytes), so a task reads one sequential stream per column vector.
+The three terms are integers below 2^24, so in f32 ``t = f32(acc) - zx * C_g - zc * X_g`` (two fused
+multiply-adds) is the exact group sum, and ``y = fma(t, sx * sw, y)`` adds it with the reference's one rounding,
+in the reference's group order (``quant.scheme.grouped_dynamic_rescale``). Per group and column the kernel reads
+a u8 zero point, an i16 code sum and an f32 scale beside the nibbles. A register tile is ``rows`` rows x
+``vecs`` 16-column vectors; tasks are (row tile, column block) pairs. With one row (a GEMV, the decode step of an
+LLM) the kernel streams 4.5 bits per weight at group 128.
 """
 from __future__ import annotations
 
 import numpy as np
 
 STEP = 8  # k per 64-byte load
+RECORD_TAIL = 128  # bytes after a group's nibbles: 16 f32 scales, 16 i16 code sums, 16 u8 zero points, padding
+MAX_GROUP = 4096  # 255 * 15 * 4096 < 2^24: a group's sums stay exact in f32
 
 
-def nibbles(w: np.ndarray, zw: np.ndarray, qmin: int, group: int):
-    """(packed [nb, ng, group/8, 64] u8, zero points [nb, ng, 16] u8, column sums [ng, N16] i16) of a [K, N]
-    weight of integer codes with zero points ``zw`` [ng, N] (codes - qmin in 0..15). K is padded to ng * group
-    and N to N16 with codes equal to their zero point, which weigh 0."""
+def nibbles(w: np.ndarray, zw: np.ndarray, qmin: int, group: int, scales: np.ndarray) -> np.ndarray:
+    """The weight stream [nb, ng, group * 8 + RECORD_TAIL] u8 of a [K, N] weight of integer codes with zero points
+    ``zw`` and f32 ``scales`` [ng, N] (codes - qmin in 0..15): per 16-column block and group, the packed nibbles,
+    then the scales, code sums (i16) and zero points (u8). K is padded to ng * group and N to N16 with code 0
+    (the padded rows meet inputs of 0; padded columns are not stored)."""
     k, n = w.shape
     ng, n16 = -(-k // group), -(-n // 16) * 16
     nib = np.zeros((ng * group, n16), np.int64)
+    nib[:k, :n] = w.astype(np.int64) - qmin
     zp = np.zeros((ng, n16), np.int64)
     zp[:, :n] = zw - qmin
-    nib[:] = np.repeat(zp, group, axis=0)
-    nib[:k, :n] = w.astype(np.int64) - qmin
     if nib.min() < 0 or nib.max() > 15 or zp.min() < 0 or zp.max() > 15:
         raise ValueError("codes and zero points must lie in qmin..qmin+15")
-    wsum = (nib - np.repeat(zp, group, axis=0)).reshape(ng, group, n16).sum(axis=1)
-    if np.abs(wsum).max(initial=0) > 32767:
-        raise ValueError(f"group {group} is too large for i16 column sums")
+    csum = nib.reshape(ng, group, n16).sum(axis=1)
+    sw = np.ones((ng, n16), np.float32)
+    sw[:, :n] = scales
+    nb = n16 // 16
     # [ng, group/8, 2 (lo/hi), 4 (k in a lane), nb, 16 (columns)] -> [nb, ng, group/8, 16, 4] bytes
-    t = nib.reshape(ng, group // STEP, 2, 4, n16 // 16, 16)
-    packed = (t[:, :, 0] | (t[:, :, 1] << 4)).transpose(3, 0, 1, 4, 2).astype(np.uint8)
-    zv = zp.reshape(ng, n16 // 16, 16).transpose(1, 0, 2).astype(np.uint8)
-    return (np.ascontiguousarray(packed.reshape(n16 // 16, ng, group // STEP, 64)), np.ascontiguousarray(zv),
-            wsum.astype(np.int16))
+    t = nib.reshape(ng, group // STEP, 2, 4, nb, 16)
+    packed = (t[:, :, 0] | (t[:, :, 1] << 4)).transpose(3, 0, 1, 4, 2).astype(np.uint8).reshape(nb, ng, group * 8)
+
+    def per_block(a):  # [ng, N16] -> [nb, ng, 16 elements] as bytes
+        return np.ascontiguousarray(a.reshape(ng, nb, 16).transpose(1, 0, 2)).view(np.uint8).reshape(nb, ng, -1)
+    tail = [per_block(sw), per_block(csum.astype(np.int16)), per_block(zp.astype(np.uint8))]
+    pad = np.zeros((nb, ng, RECORD_TAIL - sum(a.shape[-1] for a in tail)), np.uint8)
+    return np.ascontiguousarray(np.concatenate([packed] + tail + [pad], axis=-1))
 
 
 def register_tile(nb: int, m: int, rows: int) -> tuple[int, int]:
     """(rows, vectors): up to 4 column vectors; the i32 and f32 accumulators of the tile, the 2 x vecs decoded
-    weights, the zero points and the broadcast word fit in 32 zmm registers."""
+    weights and the broadcast words fit in 32 zmm registers."""
     vecs = max(v for v in (4, 2, 1) if nb % v == 0)
-    return max(1, min(rows, m, (30 - 3 * vecs) // (2 * vecs))), vecs
+    return max(1, min(rows, m, (30 - 2 * vecs) // (2 * vecs))), vecs
+
+
+def row_sums_te(L, xq, zp, m: int, k: int, group: int, per_row: bool):
+    """X_g [m, ng] i32: each row's sum of (xq - zx) over each group's real columns (TE, a Relax value)."""
+    te, tir = L.te, L.tir
+    ng = -(-k // group)
+
+    def fn(X, ZP):
+        r = te.reduce_axis((0, group), "r")
+
+        def at(i, g):
+            z = ZP[i if per_row else 0]
+            kk = g * group + r
+            return te.sum(tir.if_then_else(kk < k, X[i, tir.min(kk, k - 1)].astype("int32") - z, 0), axis=[r])
+        return te.compute((m, ng), at, name="row_group_sums")
+    return L.te_(fn, xq, zp, name="lowbit_w4_row_sums")
 
 
 def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, rows: int = 2, tasks: int = 16):
-    """A PrimFunc (XQ [m, kp] u8, SC [m or 1] f32, ZP [m or 1] i32, packed W, zero points, WSUM [ng, N16] i16,
-    SW [ng, N16] f32, BIAS [N16] f32) -> Y ``out_shape`` f32 ([.., n]), as ``nibbles`` packs the weight."""
+    """A PrimFunc (XQ [m, kp] u8, SC [m or 1] f32, ZP [m or 1] i32, XS [m, ng] i32 (``row_sums_te``), the weight
+    stream (``nibbles``), BIAS [N16] f32) -> Y ``out_shape`` f32 ([.., n])."""
     from tvm.script import tirx as T
 
     ng, n16 = kp // group, -(-n // 16) * 16
     nb = n16 // 16
     steps = group // STEP
+    rec = group * 8 + RECORD_TAIL  # bytes per (column block, group)
     px, vecs = register_tile(nb, m, rows)
     nvb = nb // vecs
     tiles = -(-m // px)
@@ -79,21 +108,23 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
     def vpdpbusd(a, x, w):
         return T.call_llvm_pure_intrin("int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), a, x, w)
 
+    def fma(a, b, c):
+        return T.call_llvm_pure_intrin(f32, "llvm.fma", a, b, c)
+
     @T.prim_func
     def func(XQ: T.Buffer((m, kp), "uint8"), SC: T.Buffer((prm,), f32), ZP: T.Buffer((prm,), "int32"),
-             WP: T.Buffer((nb, ng, steps, 64), "uint8"), ZV: T.Buffer((nb, ng, 16), "uint8"),
-             WSUM: T.Buffer((ng, n16), "int16"), SW: T.Buffer((ng, n16), f32), BIAS: T.Buffer((n16,), f32),
-             YP: T.Buffer(out_shape, f32)):
+             XS: T.Buffer((m, ng), "int32"), WP: T.Buffer((nb, ng, rec), "uint8"),
+             BIAS: T.Buffer((n16,), f32), YP: T.Buffer(out_shape, f32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((m * kp,), "uint8", data=XQ.data)
-        W = T.decl_buffer((nb * ng * steps * 64,), "uint8", data=WP.data)
-        Z = T.decl_buffer((nb * ng * 16,), "uint8", data=ZV.data)
+        W = T.decl_buffer((nb * ng * rec,), "uint8", data=WP.data)
+        SW = T.decl_buffer((nb * ng * rec // 4,), f32, data=WP.data)  # the records' tails, by element type
+        CS = T.decl_buffer((nb * ng * rec // 2,), "int16", data=WP.data)
         Y = T.decl_buffer((m * n,), f32, data=YP.data)
         for task in T.parallel(groups_ * nvb):  # (row tile group, column block) pairs
             yacc = T.decl_buffer((px * vecs * 16,), f32, scope="local")
             iacc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
             wdec = T.decl_buffer((vecs * 128,), "int8", scope="local")
-            zloc = T.decl_buffer((vecs * 64,), "int8", scope="local")
             for i in range(size):
                 if task // nvb * size + i < tiles:
                     for p, v in T.grid(px, vecs):
@@ -102,16 +133,13 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
                     for g in range(ng):
                         for q in T.unroll(px * vecs):
                             iacc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                        for v in T.unroll(vecs):  # the zero points in the 4 bytes of each lane
-                            zloc[T.ramp(v * 64, 1, 64)] = T.reinterpret("int8x64", T.Cast("int32x16", Z.vload(
-                                [(blk(task, v) * ng + g) * 16], "uint8x16")) * T.broadcast(T.int32(0x01010101), 16))
                         for t in range(steps):
                             for v in T.unroll(vecs):
-                                wv = W.vload([((blk(task, v) * ng + g) * steps + t) * 64], "uint8x64")
+                                wv = W.vload([(blk(task, v) * ng + g) * rec + t * 64], "uint8x64")
                                 wdec[T.ramp(v * 128, 1, 64)] = T.reinterpret(
-                                    "int8x64", wv & T.broadcast(T.uint8(15), 64)) - zloc[T.ramp(v * 64, 1, 64)]
+                                    "int8x64", wv & T.broadcast(T.uint8(15), 64))
                                 wdec[T.ramp(v * 128 + 64, 1, 64)] = T.reinterpret(
-                                    "int8x64", wv >> T.broadcast(T.uint8(4), 64)) - zloc[T.ramp(v * 64, 1, 64)]
+                                    "int8x64", wv >> T.broadcast(T.uint8(4), 64))
                             for p in T.unroll(px):
                                 for v in T.unroll(vecs):
                                     iacc[T.ramp((p * vecs + v) * 16, 1, 16)] = vpdpbusd(
@@ -122,12 +150,14 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
                                         wdec[T.ramp(v * 128 + 64, 1, 64)])
                         for p, v in T.grid(px, vecs):
                             for j in T.vectorized(16):
-                                yacc[(p * vecs + v) * 16 + j] = T.call_llvm_pure_intrin(
-                                    f32, "llvm.fma",
-                                    T.Cast(f32, iacc[(p * vecs + v) * 16 + j]
-                                           - ZP[row(task, i, p) if per_row else 0]
-                                           * T.Cast("int32", WSUM[g, blk(task, v) * 16 + j])),
-                                    SC[row(task, i, p) if per_row else 0] * SW[g, blk(task, v) * 16 + j],
+                                yacc[(p * vecs + v) * 16 + j] = fma(
+                                    fma(T.Cast(f32, T.Cast("int32", W[(blk(task, v) * ng + g) * rec + group * 8 + 96 + j])),
+                                        T.Cast(f32, -XS[row(task, i, p), g]),
+                                        fma(T.Cast(f32, ZP[row(task, i, p) if per_row else 0]),
+                                            T.Cast(f32, -T.Cast("int32", CS[((blk(task, v) * ng + g) * rec + group * 8 + 64) // 2 + j])),
+                                            T.Cast(f32, iacc[(p * vecs + v) * 16 + j]))),
+                                    SC[row(task, i, p) if per_row else 0]
+                                    * SW[((blk(task, v) * ng + g) * rec + group * 8) // 4 + j],
                                     yacc[(p * vecs + v) * 16 + j])
                     for p, v in T.grid(px, vecs):
                         if blk(task, v) * 16 + 16 <= n:
@@ -139,4 +169,4 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
     return func
 
 
-__all__ = ["matmul_func", "nibbles", "register_tile", "STEP"]
+__all__ = ["matmul_func", "nibbles", "register_tile", "row_sums_te", "STEP", "MAX_GROUP", "RECORD_TAIL"]
