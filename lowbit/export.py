@@ -11,6 +11,9 @@ into integer kernels:
     conv2d_bf16 / matmul_bf16   -> Cast(Cast(x, bf16), f32), Cast(w, f32) -> Conv / MatMul [+ Add] [-> Relu]
     quantize / dequantize       -> QuantizeLinear / DequantizeLinear (per tensor or per axis)
     requantize                  -> DequantizeLinear -> QuantizeLinear
+    matmul(x, dequantize(w))    -> com.microsoft MatMulNBits (accuracy_level 0: W dequantized in f32, an f32
+      with w group-wise            matmul, as lowbit's reference), the codes made unsigned with their zero
+                                   points (an i4 code q becomes q + 8 with zero point 8)
 
 Float ops map to their ONNX namesakes (opset 20; dropout to inference-mode Dropout). Like the importers, export
 is a table: ``EXPORTERS`` maps an op to the function that writes it (filled by ``@exporter``), ``REFUSED`` maps an
@@ -70,6 +73,7 @@ def _elem(d) -> int:
 class _Writer:
     def __init__(self):
         self.nodes, self.inits, self.names, self.n = [], [], {}, 0
+        self.domains: set = set()  # custom op domains used (com.microsoft for MatMulNBits)
 
     def fresh(self, hint="t") -> str:
         self.n += 1
@@ -129,12 +133,66 @@ def _ints(w: _Writer, values, hint: str) -> str:
 def _const(w, op, ins, out):
     from onnx import numpy_helper
 
+    if op.result.users and all(u.opname == "dequantize" and _nbits_weight(u.result) for u in op.result.users):
+        return  # a MatMulNBits weight: packed by _matmul_nbits
     w.inits.append(numpy_helper.from_array(np.asarray(op.attrs["value"]).astype(op.result.type.dtype.np_dtype), out))
 
 
 @exporter(*_SAME)
 def _same(w, op, ins, out):
+    if op.opname == "matmul" and _nbits_weight(op.operands[1]):
+        return _matmul_nbits(w, op, ins, out)
     w.node(_SAME[op.opname], ins, [out])
+
+
+def _nbits_weight(v) -> bool:
+    """Whether ``v`` is a group-wise constant's dequantize that only matmuls read (as their weight, x f32 of rank
+    >= 2) and that MatMulNBits holds exactly: 2, 4 or 8-bit codes, groups a power of two >= 16."""
+    d = v.producer
+    if d is None or d.opname != "dequantize" or not d.operands[0].is_const:
+        return False
+    t = d.operands[0].type
+    q = t.quant
+    if q is None or q.group is None or q.axis != 1 or t.rank != 2 or q.group < 16 or q.group & (q.group - 1):
+        return False
+    lo, hi = scheme.storage_range(t.dtype, q)
+    if hi - lo + 1 > 256 or not v.users:
+        return False
+    return all(u.opname == "matmul" and u.operands[1] is v and u.operands[0] is not v
+               and u.operands[0].type.dtype == dt.f32 and u.operands[0].type.rank >= 2 for u in v.users)
+
+
+def _matmul_nbits(w, op, ins, out):
+    """MatMulNBits (com.microsoft) of x and a group-wise weight: B [N, blocks, block * bits / 8] (codes packed
+    from the low bits up), scales [N * blocks], zero points packed the same way (bits 2 and 4) or u8 (8)."""
+    from onnx import helper
+
+    wc = op.operands[1].producer.operands[0]
+    t, q = wc.type, wc.type.quant
+    k, n = t.shape
+    lo, hi = scheme.storage_range(t.dtype, q)
+    bits = next(b for b in (2, 4, 8) if hi - lo + 1 <= 2 ** b)
+    off = 2 ** (bits - 1) if lo < 0 else 0  # signed codes move to unsigned with their zero point
+    grid = scheme.group_shape(q, t.shape)
+    nb = grid[0]
+    codes = np.zeros((nb * q.group, n), np.int64)
+    codes[:k] = np.asarray(wc.const_value).astype(np.int64) + off
+    zp = np.asarray(q.zero_point, np.int64).reshape(grid) + off
+    if codes.min() < 0 or codes.max() >= 2 ** bits or zp.min() < 0 or zp.max() >= 2 ** bits:
+        raise LowbitError(f"{op.describe()}: codes or zero points do not fit MatMulNBits' {bits}-bit range")
+    codes[k:] = np.repeat(zp, q.group, axis=0)[k:]  # the padded rows weigh 0 (onnxruntime ignores them anyway)
+
+    def pack(a):  # [rows, m] codes -> [rows, m * bits / 8] bytes, the first code in the low bits
+        per = 8 // bits
+        a = np.pad(a, ((0, 0), (0, -a.shape[1] % per)))
+        return sum(a[:, i::per] << (bits * i) for i in range(per)).astype(np.uint8)
+    b = pack(codes.T).reshape(n, nb, q.group * bits // 8)
+    zpb = pack(zp.T).reshape(-1) if bits < 8 else zp.T.astype(np.uint8).reshape(-1)
+    scales = np.asarray(q.scale, np.float32).reshape(grid).T.reshape(-1)
+    w.domains.add("com.microsoft")
+    w.nodes.append(helper.make_node("MatMulNBits", [ins[0], w.init(b, "nbits_B"), w.init(scales, "nbits_scales"),
+                                                    w.init(zpb, "nbits_zero_points")], [out], domain="com.microsoft",
+                                    K=k, N=n, bits=bits, block_size=q.group, accuracy_level=0))
 
 
 def _no_groups(op):
@@ -153,6 +211,8 @@ def _quantize(w, op, ins, out):
 
 @exporter("dequantize")
 def _dequantize(w, op, ins, out):
+    if _nbits_weight(op.result):  # written into the MatMulNBits of each matmul reading it
+        return
     _no_groups(op)
     w.dequantize(op.operands[0], ins[0], out)
 
@@ -187,6 +247,10 @@ def _integer(w, op, ins, out):
 def _qmatmul_dynamic(w, op, ins, out):
     import onnx
 
+    if op.operands[1].type.quant.group is not None:
+        raise LowbitError(f"{op.describe()}: dynamic quantization by a group-wise weight (W4A8) has no exact ONNX "
+                          "form (MatMulNBits' int8 activations are symmetric per block); export the graph before "
+                          "quantize{dynamic=true} (--pipeline with quantize-weights only: MatMulNBits)")
     if op.attrs["per_row"]:
         raise LowbitError(f"{op.describe()}: per-row dynamic quantization has no ONNX form "
                           "(DynamicQuantizeLinear has one scale per tensor); export a graph quantized "
@@ -454,7 +518,8 @@ def to_onnx_qdq(graph: Graph):
         w.node("Identity", [w.name(v)], [nm])
         outputs.append(helper.make_tensor_value_info(nm, _elem(v.type.dtype), list(v.type.shape)))
     g = helper.make_graph(w.nodes, graph.name or "lowbit", inputs, outputs, w.inits)
-    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="lowbit")
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)]
+                              + [helper.make_opsetid(d, 1) for d in sorted(w.domains)], producer_name="lowbit")
     model.ir_version = 9
     onnx.checker.check_model(model)
     return model

@@ -87,3 +87,38 @@ def test_matmul_nbits_compiles_onto_the_w4a8_kernel(bits, bs, zp):
     assert kernel == ("vnni-w4" if cpu_target().has("avx512_vnni") else "grouped-loops")
     np.testing.assert_array_equal(got, lowbit.interpret(g, {"A": a})["Y"])
     assert max_rel_err(got, run_ort(model.SerializeToString(), {"A": a})["Y"]) < 0.03
+
+
+@pytest.mark.parametrize("bits,bs,zp", [(4, 32, "packed"), (2, 64, "packed"), (8, 16, None)])
+def test_matmul_by_group_wise_weight_exports_as_matmul_nbits(bits, bs, zp):
+    """lowbit export writes matmul(x, dequantize(group-wise w)) as MatMulNBits; onnxruntime computes what the
+    interpreter does (both dequantize W in f32 and run an f32 matmul)."""
+    import onnxruntime as ort
+
+    from lowbit.export import to_onnx_qdq
+
+    model, a, _ = _model(200, 48, bits, bs, zp=zp, m=3)
+    g = lowbit.load(model)
+    m = to_onnx_qdq(g)
+    assert [n.op_type for n in m.graph.node] == ["MatMulNBits", "Identity"]
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"A": a})[0]
+    assert max_rel_err(got, lowbit.interpret(g, {"A": a})["Y"]) <= 1e-6
+
+
+def test_w4_encoder_exports_as_matmul_nbits_and_w4a8_is_refused():
+    import onnxruntime as ort
+
+    import model_zoo as zoo
+    from lowbit.errors import LowbitError
+    from lowbit.export import to_onnx_qdq
+
+    model, inputs = zoo.encoder(seq=16)
+    src = lowbit.load(model, shapes={k: v.shape for k, v in inputs.items()})
+    g = lowbit.run_passes(src, "canonicalize,fold-constants,fuse,quantize-weights,dce")
+    m = to_onnx_qdq(g)
+    assert sum(n.op_type == "MatMulNBits" for n in m.graph.node) == 13
+    got = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, inputs)
+    for o, w in zip(got, lowbit.interpret(g, inputs).values()):
+        assert max_rel_err(o, w) <= 1e-5
+    with pytest.raises(LowbitError, match="W4A8. has no exact ONNX form"):
+        to_onnx_qdq(lowbit.run_passes(g, "quantize{dynamic=true},dce"))

@@ -54,12 +54,11 @@ def qmatmul_dynamic_vnni(L, op, rows_pass: bool):
     m = int(np.prod(xt.shape[:-1]))
     kp = -(-k // group) * group
     xq, sc, zp = ops_amx.quantized_rows(L, op, m, kp, rows_pass)
-    xs = w4.row_sums_te(L, xq, zp, m, k, group, op.attrs["per_row"])
     stream = w4.nibbles(w, zw, lo, group, sw)
     n16 = stream.shape[0] * 16
-    func = w4.matmul_func(m, kp, n, group, op.attrs["per_row"], rt.shape, rows=L.knob("vnni_pixels", op),
+    func = w4.matmul_func(m, k, kp, n, group, op.attrs["per_row"], rt.shape, rows=L.knob("vnni_pixels", op),
                           tasks=L.knob("vnni_tasks", op))
-    args = [xq, sc, zp, xs, L.const(stream), L.const(_bias(op, n, n16))]
+    args = [xq, sc, zp, L.const(stream), L.const(_bias(op, n, n16))]
     return L.call_tir(func, "lowbit_qmatmul_w4_vnni", args, rt.shape, "float32")
 
 

@@ -8,7 +8,8 @@ points come in at the group's end, from sums:
 
     sum_k (x - zx)(c - zc) = sum_k x c - zc * X_g - zx * C_g,   X_g = sum_k (x - zx),  C_g = sum_k c
 
-(k over the group's real rows; X_g per row and group is computed with the quantized rows, C_g is a constant).
+(k over the group's real rows; each task sums its rows' X_g at the group's start — a vectorized pass over
+G bytes, no separate stage to launch — and C_g is a constant).
 Each 16-column block streams as one record per group: the nibbles, then the group's 16 f32 scales, i16 code
 sums and u8 zero points (``RECORD_TAIL`` bytes), so a task reads one sequential stream per column vector.
 The three terms are integers below 2^24, so in f32 ``t = f32(acc) - zx * C_g - zc * X_g`` (two fused
@@ -62,25 +63,10 @@ def register_tile(nb: int, m: int, rows: int) -> tuple[int, int]:
     return max(1, min(rows, m, (30 - 2 * vecs) // (2 * vecs))), vecs
 
 
-def row_sums_te(L, xq, zp, m: int, k: int, group: int, per_row: bool):
-    """X_g [m, ng] i32: each row's sum of (xq - zx) over each group's real columns (TE, a Relax value)."""
-    te, tir = L.te, L.tir
-    ng = -(-k // group)
-
-    def fn(X, ZP):
-        r = te.reduce_axis((0, group), "r")
-
-        def at(i, g):
-            z = ZP[i if per_row else 0]
-            kk = g * group + r
-            return te.sum(tir.if_then_else(kk < k, X[i, tir.min(kk, k - 1)].astype("int32") - z, 0), axis=[r])
-        return te.compute((m, ng), at, name="row_group_sums")
-    return L.te_(fn, xq, zp, name="lowbit_w4_row_sums")
-
-
-def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, rows: int = 2, tasks: int = 16):
-    """A PrimFunc (XQ [m, kp] u8, SC [m or 1] f32, ZP [m or 1] i32, XS [m, ng] i32 (``row_sums_te``), the weight
-    stream (``nibbles``), BIAS [N16] f32) -> Y ``out_shape`` f32 ([.., n])."""
+def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_shape, rows: int = 2,
+                tasks: int = 16):
+    """A PrimFunc (XQ [m, kp] u8 (zeros past K), SC [m or 1] f32, ZP [m or 1] i32, the weight stream
+    (``nibbles``), BIAS [N16] f32) -> Y ``out_shape`` f32 ([.., n])."""
     from tvm.script import tirx as T
 
     ng, n16 = kp // group, -(-n // 16) * 16
@@ -113,7 +99,7 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
 
     @T.prim_func
     def func(XQ: T.Buffer((m, kp), "uint8"), SC: T.Buffer((prm,), f32), ZP: T.Buffer((prm,), "int32"),
-             XS: T.Buffer((m, ng), "int32"), WP: T.Buffer((nb, ng, rec), "uint8"),
+             WP: T.Buffer((nb, ng, rec), "uint8"),
              BIAS: T.Buffer((n16,), f32), YP: T.Buffer(out_shape, f32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((m * kp,), "uint8", data=XQ.data)
@@ -125,6 +111,7 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
             yacc = T.decl_buffer((px * vecs * 16,), f32, scope="local")
             iacc = T.decl_buffer((px * vecs * 16,), "int32", scope="local")
             wdec = T.decl_buffer((vecs * 128,), "int8", scope="local")
+            xs = T.decl_buffer((px,), "int32", scope="local")
             for i in range(size):
                 if task // nvb * size + i < tiles:
                     for p, v in T.grid(px, vecs):
@@ -133,6 +120,10 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
                     for g in range(ng):
                         for q in T.unroll(px * vecs):
                             iacc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                        for p in range(px):  # X_g: the group's sum of (x - zx) over its real columns
+                            xs[p] = (T.min(group, k - g * group)) * -ZP[row(task, i, p) if per_row else 0]
+                            for kk in range(group):
+                                xs[p] = xs[p] + T.Cast("int32", X[row(task, i, p) * kp + g * group + kk])
                         for t in range(steps):
                             for v in T.unroll(vecs):
                                 wv = W.vload([(blk(task, v) * ng + g) * rec + t * 64], "uint8x64")
@@ -152,7 +143,7 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
                             for j in T.vectorized(16):
                                 yacc[(p * vecs + v) * 16 + j] = fma(
                                     fma(T.Cast(f32, T.Cast("int32", W[(blk(task, v) * ng + g) * rec + group * 8 + 96 + j])),
-                                        T.Cast(f32, -XS[row(task, i, p), g]),
+                                        T.Cast(f32, -xs[p]),
                                         fma(T.Cast(f32, ZP[row(task, i, p) if per_row else 0]),
                                             T.Cast(f32, -T.Cast("int32", CS[((blk(task, v) * ng + g) * rec + group * 8 + 64) // 2 + j])),
                                             T.Cast(f32, iacc[(p * vecs + v) * 16 + j]))),
@@ -169,4 +160,4 @@ def matmul_func(m: int, kp: int, n: int, group: int, per_row: bool, out_shape, r
     return func
 
 
-__all__ = ["matmul_func", "nibbles", "register_tile", "row_sums_te", "STEP", "MAX_GROUP", "RECORD_TAIL"]
+__all__ = ["matmul_func", "nibbles", "register_tile", "STEP", "MAX_GROUP", "RECORD_TAIL"]
