@@ -30,6 +30,7 @@ class BenchModel:
     torch_module: object = None
     evaluate: Callable | None = None
     metric: str = ""
+    calibration: list | None = None  # batch-1 input dicts from data the evaluation does not use (quantization)
 
     def shapes(self, batch: int) -> dict:
         out = {}

@@ -161,7 +161,9 @@ def minilm(seq: int = 128) -> BenchModel:
                 "probe_test_words": int(len(test))}
 
     inputs = {k: v[:1] for k, v in sent.items()}
-    return BenchModel("minilm", onnx, inputs, torch_module=enc, evaluate=evaluate,
+    calib_words = tokenize([" ".join(words[j] for j in train[i:i + 24]) for i in range(0, 24 * 16, 24)], seq)
+    calibration = [{k: v[i:i + 1] for k, v in calib_words.items()} for i in range(16)]  # probe-training words
+    return BenchModel("minilm", onnx, inputs, torch_module=enc, evaluate=evaluate, calibration=calibration,
                       metric="cosine to PyTorch fp32 sentence embeddings (seq 128); sentiment probe accuracy on "
                              "held-out VADER words")
 
@@ -241,8 +243,9 @@ def _classifier(name, x_train, y_train, x_test, y_test, cin, classes, epochs, ba
         pred = np.concatenate([run({"input": x_test[i:i + batch]})["output"].argmax(1) for i in range(0, n, batch)])
         return {"accuracy": float(np.mean(pred == y_test[:n])), "test_images": n}
 
+    calib = [{"input": x_train[i:i + 1]} for i in range(64)]
     return BenchModel(name, onnx, {"input": x_test[:1]}, torch_module=model, evaluate=evaluate,
-                      metric="top-1 accuracy on the held-out test set")
+                      metric="top-1 accuracy on the held-out test set", calibration=calib)
 
 
 def digits() -> BenchModel:
