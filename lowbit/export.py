@@ -292,6 +292,9 @@ def _bf16(w, op, ins, out):
 
 @exporter("conv2d")
 def _conv2d(w, op, ins, out):
+    if op.operands[0].type.dtype.is_integer:  # ONNX's Conv is float-only; ConvInteger takes u8/i8 with zero points
+        raise LowbitError(f"{op.describe()}: an integer conv2d (imported ConvInteger: i32 of the zero-point-centred "
+                          "inputs) has no exact ONNX export (Conv is float-only)")
     a = op.attrs
     w.node("Conv", ins, [out], kernel_shape=list(op.operands[1].type.shape[2:]), strides=list(a["strides"]),
            pads=list(a["pads"]), dilations=list(a["dilations"]), group=a["groups"])

@@ -155,3 +155,12 @@ def test_refused_by_name(op_type, inputs, consts, attrs, opset, order, n_out, ne
     model = single_node_model(op_type, inputs, consts, attrs, opset, n_out=n_out, input_order=order)
     with pytest.raises(LowbitError, match=needle.replace("[", r"\[").replace("]", r"\]")):
         lowbit.load(model)
+
+
+def test_integer_conv_export_is_refused_by_name():
+    from lowbit.export import to_onnx_qdq
+
+    m = single_node_model("ConvInteger", {"x": np.ones((1, 1, 4, 4), np.uint8)}, {"w": np.ones((1, 1, 3, 3), np.uint8)},
+                          {}, 10)
+    with pytest.raises(LowbitError, match="integer conv2d .* has no exact ONNX export"):
+        to_onnx_qdq(lowbit.load(m))
