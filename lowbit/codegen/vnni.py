@@ -160,7 +160,7 @@ def conv_func(n: int, hp: int, wp: int, cp: int, o: int, kh: int, kw: int, oh: i
         for i in range(size):
             if task // nvb * size + i < tiles:
                 for q in T.unroll(px * vecs):
-                    acc[T.ramp(q * ln, 1, ln)] = T.broadcast(T.Cast(dot.acc, 0), ln)
+                    acc[T.ramp(q * ln, 1, ln)] = T.broadcast(T.float32(0) if bf16 else T.int32(0), ln)
                 for r, s, k in T.grid(kh, kw, kc):
                     for p in T.unroll(px):
                         for v in T.unroll(vecs):
