@@ -20,8 +20,9 @@ from ..errors import LowbitError
 from . import dtypes as dt
 from .graph import Graph, Op
 from .registry import conv_out, slice_dim
-from ..quant.scheme import (dequantize_array, dynamic_rescale, dynamic_u8_params, dynamic_u8_row_params,
-                            group_shape, grouped_dynamic_rescale, quantize_array, requantize_accumulator)
+from ..quant.scheme import (codebook_levels, dequantize_array, dynamic_rescale, dynamic_u8_params,
+                            dynamic_u8_row_params, group_shape, grouped_dynamic_rescale, quantize_array,
+                            requantize_accumulator)
 from .types import QuantParams, TensorType
 
 _IMPLS: dict[str, Callable] = {}
@@ -439,8 +440,10 @@ def _qmatmul_dynamic(op, x, w, b=None):
         grid = group_shape(q, w.shape)
         zw = q.zero_point_array().reshape(grid)
         sw = q.scale_array().reshape(grid)
+        # a codebook's codes stand for its (integer) values, zero points 0
+        wv = w.astype(np.float64) if q.codebook is None else codebook_levels(w, q)
         accs = np.stack([np.rint(np.matmul(xq[..., g * q.group:(g + 1) * q.group].astype(np.float64) - zx,
-                                           w[g * q.group:(g + 1) * q.group].astype(np.float64) - zw[g]))
+                                           wv[g * q.group:(g + 1) * q.group] - zw[g]))
                          for g in range(grid[0])])
         return grouped_dynamic_rescale(accs, sx, sw, b)
     acc = np.rint(np.matmul(xq.astype(np.float64) - zx, w.astype(np.float64)))

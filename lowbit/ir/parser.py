@@ -106,7 +106,7 @@ class _Parser:
             raise self.error(str(e)) from None
 
     def quant(self) -> QuantParams:
-        axis = group = storage = None
+        axis = group = storage = codebook = None
         if self.accept("range"):
             self.expect("=")
             lo = int(self.match(_NUMBER, "an integer").group(0))
@@ -121,16 +121,33 @@ class _Parser:
                     self.expect("=")
                     group = int(self.match(_NUMBER, "an integer").group(0))
                     self.expect(",")
+                codebook = self.codebook()
             self.expect("[")
             pairs = self.scale_zps("]")
             self.expect(">")
         else:
+            codebook = self.codebook()
             pairs = self.scale_zps(">")
         try:
             return QuantParams(tuple(float(np.float32(s)) for s, _ in pairs), tuple(z for _, z in pairs), axis, group,
-                               storage)
+                               storage, codebook)
         except ValueError as e:
             raise self.error(str(e)) from None
+
+    def codebook(self):
+        """``codebook=[v0, v1, ...],`` (the values as f32) or nothing."""
+        if not self.accept("codebook"):
+            return None
+        self.expect("=")
+        self.expect("[")
+        values = []
+        while True:
+            values.append(float(np.float32(self.match(_NUMBER, "a codebook value").group(0))))
+            if self.accept("]"):
+                break
+            self.expect(",")
+        self.expect(",")
+        return tuple(values)
 
     def scale_zps(self, end: str):
         pairs = []

@@ -661,6 +661,11 @@ def _infer_qmatmul_dynamic(types, attrs):
     if q is not None and q.group is not None:  # group-wise along K, one (scale, zero point) per group and column
         if w.dtype not in (dt.i4, dt.u4, dt.i8, dt.u8) or w.rank != 2 or q.axis != 1:
             raise ValueError(f"a group-wise weight must be a 2-D i4/u4/i8/u8 [K, N] grouped along K (axis=1), got {w}")
+        if q.codebook is not None and not q.integer_codebook():
+            bad = next(v for v in q.codebook if not (v.is_integer() and -127 <= v <= 127))
+            raise ValueError(f"qmatmul_dynamic multiplies by integer codebook values in -127..127 (pow2, apot); this "
+                             f"codebook holds {bad:g} (a float codebook such as nf4 has no integer form: keep "
+                             f"matmul(x, dequantize(w)))")
     elif w.dtype != dt.i8 or w.rank != 2 or q is None or q.axis not in (None, 1) or any(z != 0 for z in q.zero_point):
         raise ValueError(f"weight must be a 2-D i8 [K, N] with zero point 0, per tensor or per column, or group-wise, "
                          f"got {w}")

@@ -19,6 +19,11 @@ def _fmt_scale(s: float) -> str:
     return str(np.float32(s))
 
 
+def _fmt_level(v: float) -> str:
+    """A codebook value: an integer without a fraction (``-96``), else the shortest float32 text."""
+    return str(int(v)) if float(v).is_integer() else str(np.float32(v))
+
+
 @dataclass(frozen=True)
 class QuantParams:
     """Affine quantization: real = (q - zero_point) * scale.
@@ -28,6 +33,10 @@ class QuantParams:
     with scales stored flattened in C order. ``storage`` is the range of stored integers when narrower than
     the dtype's (symmetric i8 weights: ``(-127, 127)``, printed ``range=-127:127``, MLIR's
     ``!quant.uniform<i8<-127:127>:f32, ...>``); None means the dtype's whole range.
+
+    ``codebook`` makes the stored integers indices into a table of values (``lowbit.quant.codebooks``: pow2,
+    apot, nf4): real = codebook[q] * scale, the zero points all 0 (printed ``codebook=[v0, v1, ...]`` before
+    the parameters); the values are f32, the codes unsigned (``TensorType`` checks that the table covers them).
     """
 
     scale: tuple[float, ...]
@@ -35,6 +44,7 @@ class QuantParams:
     axis: int | None = None
     group: int | None = None
     storage: tuple[int, int] | None = None
+    codebook: tuple[float, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "scale", tuple(float(np.float32(s)) for s in self.scale))
@@ -48,6 +58,17 @@ class QuantParams:
             if lo >= hi:
                 raise ValueError(f"storage range {lo}:{hi} is empty")
             object.__setattr__(self, "storage", (lo, hi))
+        if self.codebook is not None:
+            cb = tuple(float(np.float32(v)) + 0.0 for v in self.codebook)  # (+ 0.0: no negative zero)
+            if len(cb) < 2 or not all(np.isfinite(cb)):
+                raise ValueError(f"a codebook needs at least two finite values, got {list(self.codebook)}")
+            if any(self.zero_point):
+                raise ValueError("a codebook's zero points must be 0 (real = codebook[q] * scale)")
+            object.__setattr__(self, "codebook", cb)
+
+    def integer_codebook(self) -> bool:
+        """Whether every codebook value is an integer in [-127, 127] (what integer kernels multiply by)."""
+        return self.codebook is not None and all(v.is_integer() and -127 <= v <= 127 for v in self.codebook)
 
     def scale_array(self) -> np.ndarray:
         return np.asarray(self.scale, dtype=np.float32)
@@ -68,10 +89,11 @@ class QuantParams:
     def __str__(self) -> str:
         pairs = ", ".join(f"{_fmt_scale(s)}:{z}" for s, z in zip(self.scale, self.zero_point))
         rng = f"range={self.storage[0]}:{self.storage[1]}, " if self.storage is not None else ""
+        cb = "" if self.codebook is None else "codebook=[" + ", ".join(map(_fmt_level, self.codebook)) + "], "
         if self.axis is None:
-            return f"q<{rng}{pairs}>"
+            return f"q<{rng}{cb}{pairs}>"
         head = f"axis={self.axis}" + (f", group={self.group}" if self.group is not None else "")
-        return f"q<{rng}{head}, [{pairs}]>"
+        return f"q<{rng}{head}, {cb}[{pairs}]>"
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,14 @@ class TensorType:
         object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
         if any(d < 0 for d in self.shape):
             raise ValueError(f"negative dimension in shape {self.shape}")
+        q = self.quant
+        if q is not None and q.codebook is not None:  # codes index the table: unsigned, all of them covered
+            if self.dtype.kind != "uint":
+                raise ValueError(f"codebook codes must be unsigned integers (u4, u8), got {self.dtype.name}")
+            bottom, top = q.storage if q.storage is not None else self.dtype.iinfo()
+            if bottom != 0 or top >= len(q.codebook):
+                raise ValueError(f"{self.dtype.name} codes {bottom}..{top} need to index a codebook of at least "
+                                 f"{top + 1} values from 0, got {len(q.codebook)} values")
 
     @property
     def rank(self) -> int:

@@ -33,6 +33,9 @@ PRESETS: dict[str, str] = {
     "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{method=auto},canonicalize,dce",
     "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{method=auto},quantize{dynamic=true},"
             "canonicalize,dce",
+    # (not "shift-add": a preset by a pass's name would hide the pass without options)
+    "w4a8-apot": "canonicalize,fold-constants,fold-batchnorm,fuse,shift-add{scheme=apot,group=128,method=auto},"
+                 "quantize{dynamic=true},canonicalize,dce",
 }
 
 

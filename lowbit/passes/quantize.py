@@ -59,7 +59,9 @@ def grouped_weight(op):
         return None
     w = d.operands[0]
     q = w.type.quant
-    return w if q is not None and q.group is not None and q.axis == 1 and w.type.rank == 2 else None
+    if q is None or q.group is None or q.axis != 1 or w.type.rank != 2:
+        return None
+    return w if q.codebook is None or q.integer_codebook() else None  # (nf4's values are not integers)
 
 
 def _per_channel_i8(w: np.ndarray, axis: int):

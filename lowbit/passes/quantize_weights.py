@@ -136,7 +136,7 @@ class QuantizeWeights(Pass):
             q, t, err = done[id(op)]
             rows.append({"name": op.loc or op.describe(), "op": op.opname, "method": method, "bits": self.bits,
                          "group": self.group, "rel_error": None if err is None else round(err, 6)})
-            _rewrite(graph, op, q, t)
+            rewrite(graph, op, q, t)
         ctx.rule_hits[self.name] = ctx.rule_hits.get(self.name, 0) + len(targets)
 
     def _quantize(self, op, w: np.ndarray, xtx: np.ndarray, n: int, method: str):
@@ -181,7 +181,7 @@ class QuantizeWeights(Pass):
         return done
 
 
-def _rewrite(g: Graph, op, q: np.ndarray, t) -> None:
+def rewrite(g: Graph, op, q: np.ndarray, t) -> None:
     """``op`` -> ``matmul(x, dequantize(const q))`` [* alpha] [+ beta * C]."""
     loc = op.loc
     x = op.operands[0]

@@ -78,17 +78,46 @@ def _qparams(q, shape):
 
 
 def quantize_array(x: np.ndarray, t) -> np.ndarray:
-    """saturate(round_half_even(x / scale) + zero_point) with the division in f32, as onnxruntime does."""
+    """saturate(round_half_even(x / scale) + zero_point) with the division in f32, as onnxruntime does; with a
+    codebook, the code of the nearest codebook value to x / scale (``codebook_codes``)."""
     scale, zp = _qparams(t.quant, x.shape)
+    if t.quant.codebook is not None:
+        return codebook_codes(x.astype(np.float32) / scale, t.quant.codebook).astype(t.dtype.np_dtype)
     lo, hi = type_range(t)
     q = np.rint(x.astype(np.float32) / scale).astype(np.float64) + zp
     return np.clip(q, lo, hi).astype(t.dtype.np_dtype)
 
 
 def dequantize_array(q: np.ndarray, t) -> np.ndarray:
-    """(q - zp) * scale in f32: per tensor, per axis, or group-wise (``group_shape``), the integer difference exact."""
+    """(q - zp) * scale in f32: per tensor, per axis, or group-wise (``group_shape``), the integer difference exact;
+    with a codebook, codebook[q] * scale in f32 (one rounding)."""
     scale, zp = _qparams(t.quant, q.shape)
+    if t.quant.codebook is not None:
+        return (codebook_levels(q, t.quant).astype(np.float32) * scale).astype(np.float32)
     return ((q.astype(np.int64) - zp).astype(np.float32) * scale).astype(np.float32)
+
+
+# -- codebooks (``QuantParams.codebook``: real = codebook[code] * scale) -------------------------------------------
+def codebook_levels(q: np.ndarray, quant) -> np.ndarray:
+    """The codebook values the codes ``q`` stand for, f64 (exact: the values are f32)."""
+    cb = np.asarray(quant.codebook, np.float64)
+    codes = np.asarray(q).astype(np.int64)
+    if codes.size and (codes.min() < 0 or codes.max() >= len(cb)):
+        raise ValueError(f"codes {int(codes.min())}..{int(codes.max())} do not all index the codebook of "
+                         f"{len(cb)} values")
+    return cb[codes]
+
+
+def codebook_codes(v: np.ndarray, codebook) -> np.ndarray:
+    """The code (i64) of the codebook value nearest to each ``v`` in the linear domain (values beyond the table
+    saturate to its ends). A tie (``v`` halfway between two values) goes to the value of smaller magnitude (the
+    lower one at 0); a value the table holds more than once gets its lowest code."""
+    cb = np.asarray(codebook, np.float64)
+    values, first = np.unique(cb, return_index=True)  # sorted distinct values, the lowest code of each
+    mid = (values[:-1] + values[1:]) / 2  # exact in f64: the values are f32
+    v = np.asarray(v, np.float64)
+    at = np.where(v >= 0, np.searchsorted(mid, v, side="left"), np.searchsorted(mid, v, side="right"))
+    return first[at].astype(np.int64)
 
 
 def affine_params(lo: float, hi: float, signed: bool) -> tuple[float, int]:
@@ -242,7 +271,8 @@ def scale_product(x_scale, w_scales) -> np.ndarray:
     return (np.float32(x_scale) * np.asarray(w_scales, np.float32)).astype(np.float32)
 
 
-__all__ = ["storage_range", "type_range", "output_clamp", "group_shape", "quantize_array", "dequantize_array", "affine_params", "fake_quantize",
+__all__ = ["storage_range", "type_range", "output_clamp", "group_shape", "quantize_array", "dequantize_array",
+           "codebook_levels", "codebook_codes", "affine_params", "fake_quantize",
            "symmetric_weights", "bias_unit", "bias_to_i32", "folded_bias", "requant_multiplier",
            "requantize_accumulator", "relu_folds_into_saturation", "dynamic_u8_params", "dynamic_u8_row_params", "grouped_dynamic_rescale", "fma_f32",
            "dynamic_rescale", "scale_product"]
