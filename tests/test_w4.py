@@ -20,12 +20,17 @@ def _graph(lead, k, n, group, kind, per_row=True, bias=True, seed=0):
         codes, zw, d, npd, storage = r.integers(-8, 8, (k, n)), np.zeros((ng, n), np.int64), dt.i4, ml_dtypes.int4, None
     elif kind == "u4":
         codes, zw, d, npd, storage = r.integers(0, 16, (k, n)), r.integers(0, 16, (ng, n)), dt.u4, ml_dtypes.uint4, None
+    elif kind == "apot":  # codebook indices (shift-add), zero points 0
+        codes, zw, d, npd, storage = r.integers(0, 16, (k, n)), np.zeros((ng, n), np.int64), dt.u4, ml_dtypes.uint4, None
     else:  # 2-bit codes in u8 storage
         codes, zw, d, npd, storage = r.integers(0, 4, (k, n)), r.integers(0, 4, (ng, n)), dt.u8, np.uint8, (0, 3)
     sw = r.uniform(0.001, 0.01, (ng, n)).astype(np.float32)
     g = Graph("w4")
     x = g.add_input("x", TensorType(lead + (k,), dt.f32))
-    q = QuantParams(tuple(map(float, sw.ravel())), tuple(map(int, zw.ravel())), 1, group, storage=storage)
+    from lowbit.quant.codebooks import CODEBOOKS
+
+    q = QuantParams(tuple(map(float, sw.ravel())), tuple(map(int, zw.ravel())), 1, group, storage=storage,
+                    codebook=CODEBOOKS["apot"] if kind == "apot" else None)
     w = g.const(codes.astype(npd), type=TensorType((k, n), d, q))
     ops = [x, w] + ([g.const(r.normal(0, 1, n).astype(np.float32))] if bias else [])
     g.set_outputs([g.create("qmatmul_dynamic", ops, {"per_row": per_row}).result], ["y"])
@@ -46,11 +51,11 @@ def _run(g, xs, target):
 
 
 CASES = [((1,), 256, 64, 128, "i4"), ((3,), 200, 40, 32, "u4"), ((2, 5), 128, 48, 64, "u4", False),
-         ((1,), 64, 16, 16, "i4", True, False), ((4,), 96, 33, 32, "u2")]
+         ((1,), 64, 16, 16, "i4", True, False), ((4,), 96, 33, 32, "u2"), ((3,), 200, 40, 64, "apot")]
 
 
 @pytest.mark.parametrize("family,kernel", [("vnni", "vnni-w4"), ("base", "grouped-loops")])
-@pytest.mark.parametrize("case", CASES, ids=["gemv-g128", "partial-group", "per-tensor", "g16-nobias", "2bit"])
+@pytest.mark.parametrize("case", CASES, ids=["gemv-g128", "partial-group", "per-tensor", "g16-nobias", "2bit", "apot"])
 def test_grouped_qmatmul_dynamic_bit_exact(case, family, kernel):
     g, xs = _graph(*case)
     got, chosen = _run(g, xs, cpu_target(family))

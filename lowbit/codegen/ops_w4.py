@@ -27,10 +27,21 @@ def _codes(op):
     return w, q.zero_point_array().reshape(grid), q.scale_array().reshape(grid).astype(np.float32), lo
 
 
+def _table(op):
+    """The weight's integer codebook as 16 i8 values (codes index it), or None without a codebook."""
+    cb = op.operands[1].type.quant.codebook
+    return None if cb is None else np.asarray(list(cb) + [0] * (16 - len(cb)), np.int64)
+
+
 def nibble_codes(op) -> str | None:
     """Why the VNNI nibble kernel cannot take the weight (None: it can)."""
     wt = op.operands[1].type
     lo, hi = storage_range(wt.dtype, wt.quant)
+    if wt.quant.codebook is not None:
+        if len(wt.quant.codebook) > 16 or lo < 0 or hi > 15:
+            return f"a codebook of {len(wt.quant.codebook)} values, the nibble kernel's table takes 16"
+        if wt.quant.group > w4.MAX_LUT_GROUP:
+            return f"group {wt.quant.group} with a codebook: its sums could pass 2^24 (at most {w4.MAX_LUT_GROUP})"
     if hi - lo > 15:
         return f"{wt.dtype.name} codes span {hi - lo + 1} values, the nibble kernel takes 16"
     if wt.quant.group % w4.STEP or wt.quant.group > w4.MAX_GROUP:
@@ -54,11 +65,13 @@ def qmatmul_dynamic_vnni(L, op, rows_pass: bool):
     m = int(np.prod(xt.shape[:-1]))
     kp = -(-k // group) * group
     xq, sc, zp = ops_amx.quantized_rows(L, op, m, kp, rows_pass)
-    stream = w4.nibbles(w, zw, lo, group, sw)
+    table = _table(op)
+    stream = w4.nibbles(w, zw, lo, group, sw, table)
     n16 = stream.shape[0] * 16
     func = w4.matmul_func(m, k, kp, n, group, op.attrs["per_row"], rt.shape, rows=L.knob("vnni_pixels", op),
-                          tasks=L.knob("vnni_tasks", op))
-    args = [xq, sc, zp, L.const(stream), L.const(_bias(op, n, n16))]
+                          tasks=L.knob("vnni_tasks", op), lut=table is not None)
+    lut = np.tile(table if table is not None else np.arange(16), 4).astype(np.int8)  # each 128-bit lane's table
+    args = [xq, sc, zp, L.const(stream), L.const(_bias(op, n, n16)), L.const(lut)]
     return L.call_tir(func, "lowbit_qmatmul_w4_vnni", args, rt.shape, "float32")
 
 
@@ -94,6 +107,8 @@ def qmatmul_dynamic_loops(L, op):
     """Anywhere: the u8 rows, then ``_loop_func`` (slow, exact: for targets without VNNI and odd groups)."""
     xt, rt = op.operands[0].type, op.result.type
     w, zw, sw, _ = _codes(op)
+    if _table(op) is not None:  # codebook values are the integer weights (zero points 0)
+        w = _table(op)[w]
     k, n = w.shape
     group = op.operands[1].type.quant.group
     m = int(np.prod(xt.shape[:-1]))

@@ -17,7 +17,9 @@ multiply-adds) is the exact group sum, and ``y = fma(t, sx * sw, y)`` adds it wi
 in the reference's group order (``quant.scheme.grouped_dynamic_rescale``). Per group and column the kernel reads
 a u8 zero point, an i16 code sum and an f32 scale beside the nibbles. A register tile is ``rows`` rows x
 ``vecs`` 16-column vectors; tasks are (row tile, column block) pairs. With one row (a GEMV, the decode step of an
-LLM) the kernel streams 4.5 bits per weight at group 128.
+LLM) the kernel streams 4.5 bits per weight at group 128. An integer codebook (``shift-add``: power-of-two and
+APoT values up to 127, zero points 0) decodes each nibble through a 16-entry ``vpshufb`` table instead, C_g
+being then the sum of the group's table values.
 """
 from __future__ import annotations
 
@@ -26,13 +28,15 @@ import numpy as np
 STEP = 8  # k per 64-byte load
 RECORD_TAIL = 128  # bytes after a group's nibbles: 16 f32 scales, 16 i16 code sums, 16 u8 zero points, padding
 MAX_GROUP = 4096  # 255 * 15 * 4096 < 2^24: a group's sums stay exact in f32
+MAX_LUT_GROUP = 512  # with a codebook (values up to 127): 255 * 127 * 512 < 2^24
 
 
-def nibbles(w: np.ndarray, zw: np.ndarray, qmin: int, group: int, scales: np.ndarray) -> np.ndarray:
+def nibbles(w: np.ndarray, zw: np.ndarray, qmin: int, group: int, scales: np.ndarray, table=None) -> np.ndarray:
     """The weight stream [nb, ng, group * 8 + RECORD_TAIL] u8 of a [K, N] weight of integer codes with zero points
     ``zw`` and f32 ``scales`` [ng, N] (codes - qmin in 0..15): per 16-column block and group, the packed nibbles,
     then the scales, code sums (i16) and zero points (u8). K is padded to ng * group and N to N16 with code 0
-    (the padded rows meet inputs of 0; padded columns are not stored)."""
+    (the padded rows meet inputs of 0; padded columns are not stored). With a codebook ``table`` (16 integers)
+    the codes are its indices and the code sums are of its values."""
     k, n = w.shape
     ng, n16 = -(-k // group), -(-n // 16) * 16
     nib = np.zeros((ng * group, n16), np.int64)
@@ -41,7 +45,8 @@ def nibbles(w: np.ndarray, zw: np.ndarray, qmin: int, group: int, scales: np.nda
     zp[:, :n] = zw - qmin
     if nib.min() < 0 or nib.max() > 15 or zp.min() < 0 or zp.max() > 15:
         raise ValueError("codes and zero points must lie in qmin..qmin+15")
-    csum = nib.reshape(ng, group, n16).sum(axis=1)
+    vals = nib if table is None else np.asarray(table, np.int64)[nib] * (np.arange(ng * group)[:, None] < k)
+    csum = vals.reshape(ng, group, n16).sum(axis=1)
     sw = np.ones((ng, n16), np.float32)
     sw[:, :n] = scales
     nb = n16 // 16
@@ -64,9 +69,10 @@ def register_tile(nb: int, m: int, rows: int) -> tuple[int, int]:
 
 
 def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_shape, rows: int = 2,
-                tasks: int = 16):
+                tasks: int = 16, lut: bool = False):
     """A PrimFunc (XQ [m, kp] u8 (zeros past K), SC [m or 1] f32, ZP [m or 1] i32, the weight stream
-    (``nibbles``), BIAS [N16] f32) -> Y ``out_shape`` f32 ([.., n])."""
+    (``nibbles``), BIAS [N16] f32[, with ``lut`` the codebook LUT [64] i8: 16 values in each 128-bit lane])
+    -> Y ``out_shape`` f32 ([.., n])."""
     from tvm.script import tirx as T
 
     ng, n16 = kp // group, -(-n // 16) * 16
@@ -97,10 +103,16 @@ def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_
     def fma(a, b, c):
         return T.call_llvm_pure_intrin(f32, "llvm.fma", a, b, c)
 
+    def decode(codes, table):  # the codes themselves, or their codebook values (vpshufb: a table per 128 bits)
+        if not lut:
+            return codes
+        return T.call_llvm_pure_intrin("int8x64", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.pshuf.b.512"),
+                                       table.vload([0], "int8x64"), codes)
+
     @T.prim_func
     def func(XQ: T.Buffer((m, kp), "uint8"), SC: T.Buffer((prm,), f32), ZP: T.Buffer((prm,), "int32"),
-             WP: T.Buffer((nb, ng, rec), "uint8"),
-             BIAS: T.Buffer((n16,), f32), YP: T.Buffer(out_shape, f32)):
+             WP: T.Buffer((nb, ng, rec), "uint8"), BIAS: T.Buffer((n16,), f32), LUT: T.Buffer((64,), "int8"),
+             YP: T.Buffer(out_shape, f32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((m * kp,), "uint8", data=XQ.data)
         W = T.decl_buffer((nb * ng * rec,), "uint8", data=WP.data)
@@ -127,10 +139,10 @@ def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_
                         for t in range(steps):
                             for v in T.unroll(vecs):
                                 wv = W.vload([(blk(task, v) * ng + g) * rec + t * 64], "uint8x64")
-                                wdec[T.ramp(v * 128, 1, 64)] = T.reinterpret(
-                                    "int8x64", wv & T.broadcast(T.uint8(15), 64))
-                                wdec[T.ramp(v * 128 + 64, 1, 64)] = T.reinterpret(
-                                    "int8x64", wv >> T.broadcast(T.uint8(4), 64))
+                                wdec[T.ramp(v * 128, 1, 64)] = decode(T.reinterpret(
+                                    "int8x64", wv & T.broadcast(T.uint8(15), 64)), LUT)
+                                wdec[T.ramp(v * 128 + 64, 1, 64)] = decode(T.reinterpret(
+                                    "int8x64", wv >> T.broadcast(T.uint8(4), 64)), LUT)
                             for p in T.unroll(px):
                                 for v in T.unroll(vecs):
                                     iacc[T.ramp((p * vecs + v) * 16, 1, 16)] = vpdpbusd(
