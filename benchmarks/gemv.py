@@ -11,7 +11,9 @@ streams at least 8 MB of 4-bit weights:
 - lowbit ``w4a8``: the model through ``--preset int8-dynamic``, i.e. qmatmul_dynamic by the group-wise 4-bit
   codes (u8 activations per row, the VNNI nibble kernel where the CPU has VNNI);
 - onnxruntime MatMulNBits, ``accuracy_level`` 0 (f32 activations) and 4 (int8 activations per block);
-- lowbit int8: R qmatmul_dynamic by i8 per-column weights of the same shape (the W8A8 form, twice the bytes).
+- lowbit int8: R qmatmul_dynamic by i8 per-column weights of the same shape (the W8A8 form, twice the bytes);
+- lowbit ``apot``: the ``shift-add`` form, 4-bit APoT codebook indices with per-group scales (the nibble kernel
+  decoding through a ``vpshufb`` table).
 
 Weights are cache-cold: before every timed call a read of twice the last-level cache evicts them (this VM
 reports a large LLC, so rotating copies alone could not), and the R copies are read once per call. The read
@@ -82,6 +84,29 @@ def int8_graph(k: int, n: int, copies: int, m: int, seed: int = 1):
         outs.append(g.create("qmatmul_dynamic", [x, w], {"per_row": True}).result)
     g.set_outputs(outs, [f"Y{i}" for i in range(copies)])
     return g, k * n + 4 * n
+
+
+def apot_graph(k: int, n: int, block: int, copies: int, m: int, seed: int = 2):
+    """R qmatmul_dynamic by APoT codebook weights (``shift-add``: 4-bit codes, group ``block``); bytes per GEMV."""
+    import ml_dtypes
+
+    from lowbit.ir import dtypes as dt
+    from lowbit.ir.graph import Graph
+    from lowbit.ir.types import QuantParams, TensorType
+    from lowbit.quant.codebooks import CODEBOOKS
+
+    rng = np.random.default_rng(seed)
+    nb = -(-k // block)
+    g = Graph("gemv_apot")
+    x = g.add_input("A", TensorType((m, k), dt.f32))
+    outs = []
+    for _ in range(copies):
+        q = QuantParams(tuple(map(float, rng.uniform(0.001, 0.01, nb * n))), (0,) * (nb * n), 1, block,
+                        codebook=CODEBOOKS["apot"])
+        w = g.const(rng.integers(0, 16, (k, n)).astype(ml_dtypes.uint4), type=TensorType((k, n), dt.u4, q))
+        outs.append(g.create("qmatmul_dynamic", [x, w], {"per_row": True}).result)
+    g.set_outputs(outs, [f"Y{i}" for i in range(copies)])
+    return g, n * nb * (block // 2) + n * nb * 4
 
 
 def read_bandwidth(nbytes: int, threads: int, runs: int = 7) -> tuple[float, object]:
@@ -178,6 +203,10 @@ def main(argv=None) -> int:
                 so.intra_op_num_threads = a.threads
                 s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
                 fns[f"ort_nbits_l{level}"], nbytes[f"ort_nbits_l{level}"] = (lambda s=s: s.run(None, x)), per4
+            ga, pera = apot_graph(k, n, block, copies, a.m)
+            la, kern["lowbit_apot"] = _lowbit_fn(ga, "O0", a.threads, work)
+            argsa = la._prepare(x)
+            fns["lowbit_apot"], nbytes["lowbit_apot"] = (lambda f=la._vm["main"], args=argsa: f(*args)), pera
             if block == int(a.blocks.split(",")[0]):  # int8 once per shape
                 g8, per8 = int8_graph(k, n, copies, a.m)
                 l8, kern["lowbit_int8"] = _lowbit_fn(g8, "O0", a.threads, work)
