@@ -17,7 +17,13 @@ a zero point per group: u4 for 4 bits; ``lowbit.quant.gptq`` has the grid), ``me
   the Hessian's mean diagonal added to it) and ``block`` (rows of K per lazy batch update) are its knobs;
 - ``auto``: ``gptq`` with calibration data, else ``rtn`` with a ``LowbitWarning`` (what the ``w4`` preset uses).
 
-``exclude_ops`` (``[gemm]``) and ``exclude_nodes`` (op locations, i.e. ONNX node names) stay f32.
+``awq=true`` (with calibration data) adds AWQ's activation-aware scaling (Lin et al. 2023) before ``method``:
+per input channel k a scale s_k = rms(x_k)^alpha (normalised to a geometric mean of 1), the weight's rows
+multiplied by s before they are quantized and the input divided by it — an f32 ``mul`` before the matmul, so
+``y = (x / s) @ Q(s * W)`` — alpha chosen from 0, 0.05, ..., 1 by the layer's output error on its calibration
+inputs with round-to-nearest (alpha 0 is no scaling, so the search never does worse than without); GPTQ then
+runs on the scaled weight with the scaled Hessian. ``exclude_ops`` (``[gemm]``) and ``exclude_nodes`` (op
+locations, i.e. ONNX node names) stay f32.
 
 With calibration data the layers are quantized in graph order, each from the inputs the already quantized earlier
 layers give it (the reference GPTQ's sequential order): the interpreter runs every sample through the graph once,
@@ -89,6 +95,7 @@ class QuantizeWeights(Pass):
     block: int = 128
     exclude_ops: tuple[str, ...] = ()  # tuple[str, ...], not tuple: the pipeline parser reads that as a list
     exclude_nodes: tuple[str, ...] = ()
+    awq: bool = False
 
     def __post_init__(self):
         if self.bits not in qw.BITS:
@@ -116,6 +123,9 @@ class QuantizeWeights(Pass):
         if not targets:
             return
         method = self.method
+        if ctx.calibration is None and self.awq:
+            raise LowbitError("quantize-weights{awq=true} needs calibration data (lowbit compile --calib DATA, or "
+                              "PassContext(calibration=...))")
         if ctx.calibration is None and method == "gptq":
             raise LowbitError("quantize-weights{method=gptq} needs calibration data (lowbit compile --calib DATA, "
                               "or PassContext(calibration=...)); method=rtn needs none")
@@ -125,7 +135,7 @@ class QuantizeWeights(Pass):
         if method == "auto":
             method = "rtn" if ctx.calibration is None else "gptq"
         if ctx.calibration is None:
-            done = {id(op): (*qw.rtn(target_weight(op)[0], self.bits, self.group, self.symmetric), None)
+            done = {id(op): (*qw.rtn(target_weight(op)[0], self.bits, self.group, self.symmetric), None, None)
                     for op in targets}
         else:
             from ..quant.calibrate import load_samples
@@ -133,10 +143,11 @@ class QuantizeWeights(Pass):
             done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method)
         rows = weight_report(ctx)
         for op in targets:
-            q, t, err = done[id(op)]
+            q, t, err, alpha = done[id(op)][:4]
             rows.append({"name": op.loc or op.describe(), "op": op.opname, "method": method, "bits": self.bits,
-                         "group": self.group, "rel_error": None if err is None else round(err, 6)})
-            rewrite(graph, op, q, t)
+                         "group": self.group, "rel_error": None if err is None else round(err, 6),
+                         **({"awq_alpha": alpha} if self.awq else {})})
+            rewrite(graph, op, q, t, done[id(op)][4] if len(done[id(op)]) > 4 else None)
         ctx.rule_hits[self.name] = ctx.rule_hits.get(self.name, 0) + len(targets)
 
     def _quantize(self, op, w: np.ndarray, xtx: np.ndarray, n: int, method: str):
@@ -144,6 +155,23 @@ class QuantizeWeights(Pass):
             return qw.rtn(w, self.bits, self.group, self.symmetric)
         return qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, self.group, self.symmetric, self.damp, self.block,
                        what=op.describe())
+
+    def _awq_scales(self, w: np.ndarray, xtx: np.ndarray, n: int):
+        """(alpha, per-input-channel scales or None for alpha 0) minimizing the layer's output error with
+        round-to-nearest, over alpha in 0, 0.05, ..., 1 (AWQ's grid search; rms(x) from the diagonal of XᵀX)."""
+        rms = np.sqrt(np.maximum(np.diag(xtx) / max(n, 1), 0.0))
+        if not np.all(rms > 0):
+            return None, None
+        best = (qw.relative_error(w, scheme.dequantize_array(*qw.rtn(w, self.bits, self.group, self.symmetric)),
+                                  xtx), 0.0, None)
+        for alpha in np.linspace(0.05, 1.0, 20):
+            s = rms ** alpha
+            s = s / np.sqrt(s.max() * s.min())
+            q, t = qw.rtn((w * s[:, None]).astype(np.float32), self.bits, self.group, self.symmetric)
+            err = qw.relative_error(w, scheme.dequantize_array(q, t) / s[:, None], xtx)
+            if err < best[0]:
+                best = (err, float(round(alpha, 2)), s)
+        return best[1], best[2]
 
     def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
         """{id(op): (integers, type, relative error)}: the samples run through the graph op by op, each target
@@ -165,10 +193,30 @@ class QuantizeWeights(Pass):
                 pending.discard(id(op))
                 w = target_weight(op)[0]
                 xtx, n = qw.hessian(_input_rows(op, env[id(op.operands[0])]) for env in envs)
-                q, t = self._quantize(op, w, xtx, n, method)
-                w_hat = scheme.dequantize_array(q, t)
-                done[id(op)] = (q, t, qw.relative_error(w, w_hat, xtx))
+                scalable = self.awq and not (op.opname == "gemm" and op.attrs["trans_a"])
+                alpha, s = self._awq_scales(w, xtx, n) if scalable else (None, None)
+                if s is None:
+                    q, t = self._quantize(op, w, xtx, n, method)
+                    w_hat = scheme.dequantize_array(q, t)
+                    inv = None
+                else:  # quantize s * W against the scaled inputs x / s
+                    inv = (1.0 / s).astype(np.float32)
+                    q, t = self._quantize(op, (w * s[:, None]).astype(np.float32), xtx * np.outer(inv, inv), n, method)
+                    w_hat = scheme.dequantize_array(q, t).astype(np.float64) * inv[:, None].astype(np.float64)
+                done[id(op)] = (q, t, qw.relative_error(w, w_hat, xtx), alpha, inv)
                 override = w_hat.T if op.opname == "gemm" and op.attrs["trans_b"] else w_hat
+                if inv is not None:  # what the rewritten graph computes: (x * inv) @ dequantize(q)
+                    override = None
+                    qv = scheme.dequantize_array(q, t)
+                    for env in envs:
+                        x = env[id(op.operands[0])].astype(np.float32) * inv
+                        env[id(op.results[0])] = evaluate_op(op, [x, qv.T if op.opname == "gemm" and
+                                                                  op.attrs["trans_b"] else qv]
+                                                             + [env[id(v)] for v in op.operands[2:]])[0]
+                        for v in op.operands:
+                            if last[id(v)] == i:
+                                env.pop(id(v), None)
+                    continue
             for env in envs:
                 args = [env[id(v)] for v in op.operands]
                 if override is not None:
@@ -181,13 +229,17 @@ class QuantizeWeights(Pass):
         return done
 
 
-def rewrite(g: Graph, op, q: np.ndarray, t) -> None:
-    """``op`` -> ``matmul(x, dequantize(const q))`` [* alpha] [+ beta * C]."""
+def rewrite(g: Graph, op, q: np.ndarray, t, in_scale=None) -> None:
+    """``op`` -> ``matmul(x [* in_scale], dequantize(const q))`` [* alpha] [+ beta * C] (``in_scale``: AWQ's 1/s
+    per input channel)."""
     loc = op.loc
     x = op.operands[0]
     w = g.create("dequantize", [g.const(q, loc=loc, before=op, type=t)], loc=loc, before=op).result
     if op.opname == "gemm" and op.attrs["trans_a"]:
         x = g.create("transpose", [x], {"perm": (1, 0)}, loc=loc, before=op).result
+    if in_scale is not None:
+        x = g.create("mul", [x, g.const(np.asarray(in_scale, np.float32), loc=loc, before=op)], loc=loc,
+                     before=op).result
     y = g.create("matmul", [x, w], loc=loc, before=op).result
     if op.opname == "gemm":
         a = op.attrs
