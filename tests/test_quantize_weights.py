@@ -261,9 +261,9 @@ def test_gptq_needs_calibration_and_w4_falls_back_to_rtn():
     msgs = [str(c.message) for c in caught if issubclass(c.category, LowbitWarning)]
     assert len(msgs) == 1 and "method=rtn" in msgs[0] and "--calib" in msgs[0]
     assert weight_report(ctx)[0]["method"] == "rtn"
-    qint, t = _weight_const(q)
-    np.testing.assert_array_equal(qint.astype(np.int64), _numpy_rtn(w, 4, 128, True)[0])
-    assert t.dtype == dt.i4 and qint.dtype == ml_dtypes.int4
+    qint, t = _weight_const(q)  # the preset: asymmetric u4 with zero points (AWQ skipped without data)
+    np.testing.assert_array_equal(qint.astype(np.int64), _numpy_rtn(w, 4, 128, False)[0])
+    assert t.dtype == dt.u4 and qint.dtype == ml_dtypes.uint4 and "mul" not in q.op_counts()
 
 
 def test_options():
@@ -277,8 +277,8 @@ def test_options():
 
 
 def test_encoder_w4_with_calibration_keeps_cosine():
-    """The zoo encoder (seq 16) through the w4 preset with 64 calibration sequences: GPTQ on every linear layer
-    (the pooler's gemm included); both outputs keep cosine >= 0.98 to fp32 in the interpreter."""
+    """The zoo encoder (seq 16) through the w4 preset with 64 calibration sequences: AWQ scaling and GPTQ on every
+    linear layer (the pooler's gemm included); both outputs keep cosine >= 0.98 to fp32 in the interpreter."""
     model, inputs = zoo.encoder(seq=16)
     g = lowbit.load(model, shapes={k: v.shape for k, v in inputs.items()})
     rng = np.random.default_rng(0)
@@ -292,7 +292,7 @@ def test_encoder_w4_with_calibration_keeps_cosine():
     rows = weight_report(ctx)
     assert len(rows) == 13 and {r["method"] for r in rows} == {"gptq"} and "gemm" in {r["op"] for r in rows}
     assert q.op_counts()["dequantize"] == 13 and all(
-        op.operands[0].type.dtype == dt.i4 for op in q.ops if op.opname == "dequantize")
+        op.operands[0].type.dtype == dt.u4 for op in q.ops if op.opname == "dequantize")
     want, got = lowbit.interpret(g, inputs), lowbit.interpret(q, inputs)
     for k in want:
         a, b = want[k].ravel().astype(np.float64), got[k].ravel().astype(np.float64)
