@@ -30,9 +30,9 @@ PRESETS: dict[str, str] = {
     "int8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{calibrator=mse},lower-qdq,canonicalize,dce",
     "int8-dynamic": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{dynamic=true},canonicalize,dce",
     "bf16": "canonicalize,fold-constants,fold-batchnorm,fuse,to-bf16,canonicalize,dce",
-    "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,method=auto,awq=true},"
+    "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
           "canonicalize,dce",
-    "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,method=auto,awq=true},"
+    "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
             "quantize{dynamic=true},canonicalize,dce",
     # (not "shift-add": a preset by a pass's name would hide the pass without options)
     "w4a8-apot": "canonicalize,fold-constants,fold-batchnorm,fuse,shift-add{scheme=apot,group=128,method=auto},"

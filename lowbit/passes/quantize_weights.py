@@ -22,8 +22,7 @@ per input channel k a scale s_k = rms(x_k)^alpha (normalised to a geometric mean
 multiplied by s before they are quantized and the input divided by it — an f32 ``mul`` before the matmul, so
 ``y = (x / s) @ Q(s * W)`` — alpha chosen from 0, 0.05, ..., 1 by the layer's output error on its calibration
 inputs with round-to-nearest (alpha 0 is no scaling, so the search never does worse than without); GPTQ then
-runs on the scaled weight with the scaled Hessian. With ``method=auto`` and no calibration data AWQ is skipped
-(with the warning), else it needs data. ``exclude_ops`` (``[gemm]``) and ``exclude_nodes`` (op
+runs on the scaled weight with the scaled Hessian. Without calibration data AWQ is skipped, with a warning. ``exclude_ops`` (``[gemm]``) and ``exclude_nodes`` (op
 locations, i.e. ONNX node names) stay f32.
 
 With calibration data the layers are quantized in graph order, each from the inputs the already quantized earlier
@@ -124,16 +123,15 @@ class QuantizeWeights(Pass):
         if not targets:
             return
         method = self.method
-        if ctx.calibration is None and self.awq and method != "auto":
-            raise LowbitError("quantize-weights{awq=true} needs calibration data (lowbit compile --calib DATA, or "
-                              "PassContext(calibration=...))")
+        if ctx.calibration is None and self.awq:
+            warnings.warn("quantize-weights{awq=true}: no calibration data, so no AWQ scaling; give --calib DATA",
+                          LowbitWarning, stacklevel=2)
         if ctx.calibration is None and method == "gptq":
             raise LowbitError("quantize-weights{method=gptq} needs calibration data (lowbit compile --calib DATA, "
                               "or PassContext(calibration=...)); method=rtn needs none")
         if ctx.calibration is None and method == "auto":
             warnings.warn("quantize-weights: no calibration data, so the weights are rounded to nearest (method=rtn) "
-                          f"instead of GPTQ{' with AWQ scaling' if self.awq else ''}; give --calib DATA for GPTQ",
-                          LowbitWarning, stacklevel=2)
+                          "instead of GPTQ; give --calib DATA for GPTQ", LowbitWarning, stacklevel=2)
         if method == "auto":
             method = "rtn" if ctx.calibration is None else "gptq"
         if ctx.calibration is None:
