@@ -44,8 +44,10 @@ def domains(op: str, kernel: str) -> dict:
     """Knob -> candidate values for ``op`` lowered with ``kernel`` (empty: nothing to tune)."""
     if kernel.startswith("amx"):
         return dict(_AMX)
-    if (kernel.startswith(("vnni", "avx-vnni")) and kernel != "vnni-dot4") or kernel == "avx512-bf16":
+    if (kernel.startswith(("vnni", "avx-vnni")) and kernel != "vnni-dot4") or kernel in ("avx512-bf16", "avx512-w4f"):
         return dict(_VNNI_NHWC)
+    if kernel in ("w4f-te", "grouped-loops"):
+        return {}
     if kernel in ("vnni-dot4", "dot4"):
         return dict(_DOT4)
     if kernel.startswith("depthwise"):

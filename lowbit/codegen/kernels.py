@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_bf16, ops_int, ops_vnni, ops_w4, vnni
+from . import ops_amx, ops_bf16, ops_int, ops_vnni, ops_w4, vnni, w4f
 from .lowering import RULES, np_dtype
 
 
@@ -231,6 +231,9 @@ def _not_grouped(L, op):
 def _nibbles(L, op):
     return ops_w4.nibble_codes(op)
 
+
+AVX512 = _feature("avx512f")
+
 TABLE: dict[str, list[Kernel]] = {
     "qconv2d": [
         Kernel("amx-1x1-rows", _all(AMX, _u8_input, _dense, _input_nhwc, _pointwise), ops_amx.qconv2d_1x1_rows, "nhwc"),
@@ -268,6 +271,11 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("avx-vnni", _all(_not_grouped, AVX_VNNI, _const_bias),
                lambda L, op: ops_vnni.qmatmul_dynamic(L, op, False, YMM)),
         Kernel("generic", lambda L, op: None, ops_int.qmatmul_dynamic),
+    ],
+    "matmul": [  # matmul(x, dequantize(w)) by a group-wise constant (w4f.py); every other matmul: its rule
+        Kernel("avx512-w4f", _all(w4f.matmul_reason, AVX512, w4f.nibble_reason), w4f.matmul_avx512),
+        Kernel("w4f-te", w4f.matmul_reason, w4f.matmul_te),
+        GENERIC,
     ],
     "conv2d_bf16": [
         Kernel("amx-bf16", _all(AMX_BF16, _dense), ops_bf16.conv2d_amx, "nhwc"),

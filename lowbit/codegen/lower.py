@@ -16,6 +16,7 @@ import numpy as np
 from ..errors import LowbitError
 from ..ir.graph import Graph
 from . import layout, ops_bf16, ops_elementwise, ops_int, ops_math, ops_nn, ops_shape, ops_tensor  # noqa: F401  (rules)
+from . import w4f
 from .config import CodegenConfig
 from .kernels import TABLE, choose
 from .lowering import REFUSED, RULES, SUPPORTED_DTYPES, Lowerer, np_dtype
@@ -43,10 +44,26 @@ def _ident(name: str, used: set) -> str:
 
 
 def grouped_weight(v) -> bool:
-    """A group-wise constant that only qmatmul_dynamic reads, as its weight: its kernels take the codes from the
-    constant itself, so it is never materialized."""
-    return v.is_const and bool(v.users) and all(u.opname == "qmatmul_dynamic" and u.operands[1] is v
-                                                   and v not in u.operands[2:] for u in v.users)
+    """A group-wise constant read only by kernels that take the codes from the constant itself, so it is never
+    materialized: qmatmul_dynamic, as its weight, and dequantize ops whose results only f32 matmuls read as their
+    weight (``w4f.dequantized_weight``: those dequantize ops are not lowered either)."""
+    return v.is_const and bool(v.users) and all(
+        (u.opname == "qmatmul_dynamic" and u.operands[1] is v and v not in u.operands[2:])
+        or (u.opname == "dequantize" and w4f.dequantized_weight(u.result)) for u in v.users)
+
+
+def _grouped_use(v) -> str:
+    """How a group-wise value that ``grouped_weight`` refuses is used, for the refusal."""
+    if not v.is_const:
+        return f"this one is not a constant but the result of {v.producer.opname if v.producer else 'an input'}"
+    for u in v.users:
+        if u.opname == "dequantize":
+            why = w4f.dequantized_reason(u.result)
+            if why:
+                return why
+        elif u.opname != "qmatmul_dynamic" or u.operands[1] is not v or v in u.operands[2:]:
+            return f"this one is read by {u.opname}"
+    return "this one is not read"
 
 
 def encoding(t) -> str:
@@ -59,15 +76,21 @@ def encoding(t) -> str:
                              else " per-tensor")]
     if any(q.zero_point):
         parts.append("zero points")
+    if q.codebook is not None:
+        parts.append(f"codebook of {len(q.codebook)}")
     return ", ".join(parts)
 
 
 def weight_record(L, op, before: int) -> dict | None:
     """The manifest's record of an op's constant weight (operand 1): its encoding and the bytes its kernel stores
     (the constants lowering it made; a constant used as it is: its own bytes), beside its f32 bytes."""
-    if len(op.operands) < 2 or not op.operands[1].is_const or op.operands[1].type.rank < 2:
+    if len(op.operands) < 2:
         return None
     w = op.operands[1]
+    if op.opname == "matmul" and w4f.dequantized_weight(w):
+        w = w4f.weight_of(op)
+    if not w.is_const or w.type.rank < 2:
+        return None
     made = getattr(L, "const_bytes", 0) - before
     stored = made if made else int(np.asarray(w.const_value).nbytes)
     return {"encoding": encoding(w.type), "stored_bytes": int(stored), "f32_bytes": 4 * int(np.prod(w.type.shape))}
@@ -83,11 +106,12 @@ def check_lowerable(graph: Graph) -> None:
             problems.append(f"{op.describe()}: no lowering rule for op '{op.opname}'")
         for v in op.results + op.operands:
             if v.type.quant is not None and v.type.quant.group is not None:  # (before the dtype: often u4)
-                if grouped_weight(v):
+                if grouped_weight(v) or (op.opname == "dequantize" and grouped_weight(op.operands[0])):
                     continue
                 problems.append(f"{op.describe()}: group-wise low-bit weights have kernels only as the constant "
-                                "weight of qmatmul_dynamic (--preset w4a8); a dequantized one (MatMulNBits with "
-                                "f32 activations, --preset w4) has none yet")
+                                "weight of qmatmul_dynamic (--preset w4a8) and, dequantized, as the [K, N] weight "
+                                "(grouped along K) of f32 matmuls (MatMulNBits at accuracy_level 0-3, --preset w4): "
+                                f"{_grouped_use(v)}")
                 break
             if v.type.dtype not in SUPPORTED_DTYPES:
                 problems.append(f"{op.describe()}: dtype {v.type.dtype.name} is not supported by codegen yet")
@@ -197,6 +221,8 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
                     if not grouped_weight(op.result):
                         env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
                     continue
+                if op.opname == "dequantize" and w4f.dequantized_weight(op.result):
+                    continue  # its matmuls' kernel (w4f.py) reads the codes from the constant
                 L.funcs = []
                 name = op.loc or f"{op.opname}_{i}"
                 if layouts is not None:
