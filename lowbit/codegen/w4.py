@@ -94,6 +94,15 @@ def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_
     def blk(task, v):  # the 16-column block of the task's v-th vector
         return task % nvb * vecs + v
 
+    def tail(task, v, g):  # the byte offset of a record's tail: scales, code sums, zero points
+        return (blk(task, v) * ng + g) * rec + group * 8
+
+    def exact(W, CS, ZP, xs, iacc, task, i, p, v, g, j):  # f32(acc) - zx * C_g - zc * X_g, exactly
+        zc = T.Cast(f32, T.Cast("int32", W[tail(task, v, g) + 96 + j]))
+        cs = T.Cast(f32, -T.Cast("int32", CS[(tail(task, v, g) + 64) // 2 + j]))
+        zx = T.Cast(f32, ZP[row(task, i, p) if per_row else 0])
+        return fma(zc, T.Cast(f32, -xs[p]), fma(zx, cs, T.Cast(f32, iacc[(p * vecs + v) * 16 + j])))
+
     def word(X, r, k):  # 4 u8 inputs of row r from k, broadcast to the 16 lanes
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", X.vload([r * kp + k], "uint8x4")), 16))
 
@@ -154,13 +163,8 @@ def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_
                         for p, v in T.grid(px, vecs):
                             for j in T.vectorized(16):
                                 yacc[(p * vecs + v) * 16 + j] = fma(
-                                    fma(T.Cast(f32, T.Cast("int32", W[(blk(task, v) * ng + g) * rec + group * 8 + 96 + j])),
-                                        T.Cast(f32, -xs[p]),
-                                        fma(T.Cast(f32, ZP[row(task, i, p) if per_row else 0]),
-                                            T.Cast(f32, -T.Cast("int32", CS[((blk(task, v) * ng + g) * rec + group * 8 + 64) // 2 + j])),
-                                            T.Cast(f32, iacc[(p * vecs + v) * 16 + j]))),
-                                    SC[row(task, i, p) if per_row else 0]
-                                    * SW[((blk(task, v) * ng + g) * rec + group * 8) // 4 + j],
+                                    exact(W, CS, ZP, xs, iacc, task, i, p, v, g, j),
+                                    SC[row(task, i, p) if per_row else 0] * SW[tail(task, v, g) // 4 + j],
                                     yacc[(p * vecs + v) * 16 + j])
                     for p, v in T.grid(px, vecs):
                         if blk(task, v) * 16 + 16 <= n:

@@ -76,6 +76,36 @@ def target_weight(op) -> tuple[np.ndarray | None, str | None]:
     return np.ascontiguousarray(a), None
 
 
+def collect_targets(graph: Graph, ctx: PassContext, name: str, exclude_ops, exclude_nodes) -> list:
+    """The matmuls and gemms a weight pass ``name`` rewrites (``target_weight``); why the others stay f32 goes
+    to the log under ``debug_rewrites``."""
+    targets = []
+    for op in graph.ops:
+        if op.opname not in TARGETS:
+            continue
+        why = "excluded" if op.opname in exclude_ops or (op.loc or "") in exclude_nodes else target_weight(op)[1]
+        if why is None:
+            targets.append(op)
+        elif ctx.debug_rewrites:
+            ctx.log(f"{name}: {op.describe()} stays f32: {why}")
+    return targets
+
+
+def resolve_method(ctx: PassContext, name: str, method: str, rtn_words: str) -> str:
+    """``method`` with ``auto`` resolved: ``gptq`` with calibration data, else ``rtn`` with a warning (the weights
+    ``rtn_words``); ``gptq`` without data is refused."""
+    if ctx.calibration is None and method == "gptq":
+        raise LowbitError(f"{name}{{method=gptq}} needs calibration data (lowbit compile --calib DATA, or "
+                          "PassContext(calibration=...)); method=rtn needs none")
+    if method != "auto":
+        return method
+    if ctx.calibration is None:
+        warnings.warn(f"{name}: no calibration data, so the weights are {rtn_words} (method=rtn) instead of GPTQ; "
+                      "give --calib DATA for GPTQ", LowbitWarning, stacklevel=3)
+        return "rtn"
+    return "gptq"
+
+
 def _input_rows(op, x: np.ndarray) -> np.ndarray:
     """The rows of K a layer multiplies its weight by, [rows, K]."""
     if op.opname == "gemm" and op.attrs["trans_a"]:
@@ -108,32 +138,13 @@ class QuantizeWeights(Pass):
             raise ValueError(f"damp must be >= 0, got {self.damp}")
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
-        targets = []
-        for op in graph.ops:
-            if op.opname not in TARGETS:
-                continue
-            if op.opname in self.exclude_ops or (op.loc or "") in self.exclude_nodes:
-                why = "excluded"
-            else:
-                why = target_weight(op)[1]
-            if why is None:
-                targets.append(op)
-            elif ctx.debug_rewrites:
-                ctx.log(f"quantize-weights: {op.describe()} stays f32: {why}")
+        targets = collect_targets(graph, ctx, self.name, self.exclude_ops, self.exclude_nodes)
         if not targets:
             return
-        method = self.method
         if ctx.calibration is None and self.awq:
             warnings.warn("quantize-weights{awq=true}: no calibration data, so no AWQ scaling; give --calib DATA",
                           LowbitWarning, stacklevel=2)
-        if ctx.calibration is None and method == "gptq":
-            raise LowbitError("quantize-weights{method=gptq} needs calibration data (lowbit compile --calib DATA, "
-                              "or PassContext(calibration=...)); method=rtn needs none")
-        if ctx.calibration is None and method == "auto":
-            warnings.warn("quantize-weights: no calibration data, so the weights are rounded to nearest (method=rtn) "
-                          "instead of GPTQ; give --calib DATA for GPTQ", LowbitWarning, stacklevel=2)
-        if method == "auto":
-            method = "rtn" if ctx.calibration is None else "gptq"
+        method = resolve_method(ctx, self.name, self.method, "rounded to nearest")
         if ctx.calibration is None:
             done = {id(op): (*qw.rtn(target_weight(op)[0], self.bits, self.group, self.symmetric), None, None)
                     for op in targets}

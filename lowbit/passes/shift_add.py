@@ -25,12 +25,10 @@ fallback (bool), errors ({codebook: e, "int4": e}, the errors the fallback compa
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import LowbitError, LowbitWarning
 from ..ir.graph import Graph
 from ..quant import codebooks as cbk
 from ..quant import gptq as qw
@@ -81,29 +79,10 @@ class ShiftAdd(Pass):
             raise ValueError(f"damp must be >= 0, got {self.damp}")
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
-        targets = []
-        for op in graph.ops:
-            if op.opname not in qwp.TARGETS:
-                continue
-            if op.opname in self.exclude_ops or (op.loc or "") in self.exclude_nodes:
-                why = "excluded"
-            else:
-                why = qwp.target_weight(op)[1]
-            if why is None:
-                targets.append(op)
-            elif ctx.debug_rewrites:
-                ctx.log(f"shift-add: {op.describe()} stays f32: {why}")
+        targets = qwp.collect_targets(graph, ctx, self.name, self.exclude_ops, self.exclude_nodes)
         if not targets:
             return
-        method = self.method
-        if ctx.calibration is None and method == "gptq":
-            raise LowbitError("shift-add{method=gptq} needs calibration data (lowbit compile --calib DATA, or "
-                              "PassContext(calibration=...)); method=rtn needs none")
-        if ctx.calibration is None and method == "auto":
-            warnings.warn("shift-add: no calibration data, so the weights are rounded to the nearest codebook value "
-                          "(method=rtn) instead of GPTQ; give --calib DATA for GPTQ", LowbitWarning, stacklevel=2)
-        if method == "auto":
-            method = "rtn" if ctx.calibration is None else "gptq"
+        method = qwp.resolve_method(ctx, self.name, self.method, "rounded to the nearest codebook value")
         if ctx.calibration is None:
             done = {id(op): self._choose(op, qwp.target_weight(op)[0], None, 0, method)[:3] for op in targets}
         else:
