@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 STEP = 8  # k per 64-byte load
+PREFETCH = 2  # groups ahead a task prefetches its stream (a short GEMV's streams end before the prefetchers ramp up)
 RECORD_TAIL = 128  # bytes after a group's nibbles: 16 f32 scales, 16 i16 code sums, 16 u8 zero points, padding
 MAX_GROUP = 4096  # 255 * 15 * 4096 < 2^24: a group's sums stay exact in f32
 MAX_LUT_GROUP = 512  # with a codebook (values up to 127): 255 * 127 * 512 < 2^24
@@ -146,7 +147,11 @@ def matmul_func(m: int, k: int, kp: int, n: int, group: int, per_row: bool, out_
                             for kk in range(group):
                                 xs[p] = xs[p] + T.Cast("int32", X[row(task, i, p) * kp + g * group + kk])
                         for t in range(steps):
-                            for v in T.unroll(vecs):
+                            for v in T.unroll(vecs):  # the record PREFETCH groups ahead, a line per step
+                                T.evaluate(T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id("llvm.prefetch.p0"),
+                                                              T.address_of(W[T.min((blk(task, v) * ng + g + PREFETCH)
+                                                                                   * rec + t * 64, nb * ng * rec - 1)]),
+                                                              T.int32(0), T.int32(3), T.int32(1)))
                                 wv = W.vload([(blk(task, v) * ng + g) * rec + t * 64], "uint8x64")
                                 wdec[T.ramp(v * 128, 1, 64)] = decode(T.reinterpret(
                                     "int8x64", wv & T.broadcast(T.uint8(15), 64)), LUT)
