@@ -91,6 +91,15 @@ def np_dtype(t) -> str:
     return t.dtype.np_dtype.name if t.dtype != dt.boolean else "bool"
 
 
+def padded_bias(op, n: int, size: int) -> np.ndarray:
+    """The op's constant bias (operand 2; zeros without one) as f32 [size], its n values first, zeros after (a
+    kernel's padded output channels)."""
+    b = np.zeros(size, np.float32)
+    if len(op.operands) > 2:
+        b[:n] = op.operands[2].const_value.astype(np.float32).reshape(-1)
+    return b
+
+
 def bcast(T, idx, out_shape):
     """Index tensor T (numpy-broadcast to out_shape) at output index idx."""
     off = len(out_shape) - len(T.shape)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import amx, ops_amx, vnni
-from .lowering import rule
+from .lowering import padded_bias, rule
 
 
 def bf16_bits(tir, v):
@@ -36,13 +36,6 @@ def bf16_round(tir, v):
 def weight_bits(op) -> np.ndarray:
     """The op's bf16 weight as its uint16 bits."""
     return np.ascontiguousarray(op.operands[1].const_value).view(np.uint16)
-
-
-def _bias(op, n: int, size: int) -> np.ndarray:
-    b = np.zeros(size, np.float32)
-    if len(op.operands) > 2:
-        b[:n] = op.operands[2].const_value.astype(np.float32).reshape(-1)
-    return b
 
 
 def _relu(op) -> bool:
@@ -69,7 +62,7 @@ def conv2d_amx(L, op):
     func = amx.conv_func(n, p, o, kh, oh, ow, a["strides"], a["dilations"], nhwc=True,
                          tasks=L.knob("amx_tasks", op), relu=_relu(op))
     o16 = (o + 15) // 16 * 16
-    args = [_padded_bits(L, op, p), L.const(p.pack_weights(weight_bits(op))), L.const(_bias(op, o, o16))]
+    args = [_padded_bits(L, op, p), L.const(p.pack_weights(weight_bits(op))), L.const(padded_bias(op, o, o16))]
     return L.call_tir(func, "lowbit_conv2d_bf16_amx", args, (n, oh, ow, o), "float32")
 
 
@@ -92,7 +85,7 @@ def matmul_amx(L, op):
     rows = L.te_(fn, L.get(op.operands[0]), name="lowbit_bf16_rows")
     func = amx.matmul_func((mp, kp), rt.shape, mp, kp, nn, False, True, tasks=L.knob("amx_tasks", op),
                            dot=amx.BF16, relu=_relu(op))
-    args = [rows, L.const(amx.pack_matmul_weights(weight_bits(op), kp, amx.BF16)), L.const(_bias(op, nn, nn))]
+    args = [rows, L.const(amx.pack_matmul_weights(weight_bits(op), kp, amx.BF16)), L.const(padded_bias(op, nn, nn))]
     return L.call_tir(func, "lowbit_matmul_bf16_amx", args, rt.shape, "float32")
 
 
@@ -112,7 +105,7 @@ def conv2d_avx512(L, op):
                           rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS,
                           relu=_relu(op))
     args = [x, L.const(vnni.pack_weights(weight_bits(op), cp, vnni.VDPBF16PS)),
-            L.const(_bias(op, o, vnni.VDPBF16PS.padded(o)))]
+            L.const(padded_bias(op, o, vnni.VDPBF16PS.padded(o)))]
     return L.call_tir(func, "lowbit_conv2d_bf16_avx512", args, (n, oh, ow, o), "float32")
 
 
@@ -135,7 +128,8 @@ def matmul_avx512(L, op):
     func = vnni.conv_func(1, 1, m, kp, nn, 1, 1, 1, m, (1, 1), (1, 1), rows=L.knob("vnni_pixels", op),
                           tasks=L.knob("vnni_tasks", op), dot=vnni.VDPBF16PS, relu=_relu(op))
     w = weight_bits(op).T.reshape(nn, k, 1, 1)
-    args = [rows, L.const(vnni.pack_weights(w, kp, vnni.VDPBF16PS)), L.const(_bias(op, nn, vnni.VDPBF16PS.padded(nn)))]
+    args = [rows, L.const(vnni.pack_weights(w, kp, vnni.VDPBF16PS)),
+            L.const(padded_bias(op, nn, vnni.VDPBF16PS.padded(nn)))]
     y = L.emit(L.call_tir(func, "lowbit_matmul_bf16_avx512", args, (1, 1, m, nn), "float32"))
     return L.R.reshape(y, rt.shape)
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..quant.scheme import group_shape, storage_range
 from . import ops_amx, w4
+from .lowering import padded_bias
 
 
 def grouped(op) -> bool:
@@ -49,13 +50,6 @@ def nibble_codes(op) -> str | None:
     return None
 
 
-def _bias(op, n: int, size: int) -> np.ndarray:
-    b = np.zeros(size, np.float32)
-    if len(op.operands) > 2:
-        b[:n] = op.operands[2].const_value.astype(np.float32)
-    return b
-
-
 def qmatmul_dynamic_vnni(L, op, rows_pass: bool):
     """On AVX-512 VNNI: ``w4.matmul_func`` over the u8 rows (K padded to whole groups with zeros)."""
     xt, rt = op.operands[0].type, op.result.type
@@ -71,7 +65,7 @@ def qmatmul_dynamic_vnni(L, op, rows_pass: bool):
     func = w4.matmul_func(m, k, kp, n, group, op.attrs["per_row"], rt.shape, rows=L.knob("vnni_pixels", op),
                           tasks=L.knob("vnni_tasks", op), lut=table is not None)
     lut = np.tile(table if table is not None else np.arange(16), 4).astype(np.int8)  # each 128-bit lane's table
-    args = [xq, sc, zp, L.const(stream), L.const(_bias(op, n, n16)), L.const(lut)]
+    args = [xq, sc, zp, L.const(stream), L.const(padded_bias(op, n, n16)), L.const(lut)]
     return L.call_tir(func, "lowbit_qmatmul_w4_vnni", args, rt.shape, "float32")
 
 
@@ -107,8 +101,9 @@ def qmatmul_dynamic_loops(L, op):
     """Anywhere: the u8 rows, then ``_loop_func`` (slow, exact: for targets without VNNI and odd groups)."""
     xt, rt = op.operands[0].type, op.result.type
     w, zw, sw, _ = _codes(op)
-    if _table(op) is not None:  # codebook values are the integer weights (zero points 0)
-        w = _table(op)[w]
+    table = _table(op)
+    if table is not None:  # codebook values are the integer weights (zero points 0)
+        w = table[w]
     k, n = w.shape
     group = op.operands[1].type.quant.group
     m = int(np.prod(xt.shape[:-1]))
@@ -117,7 +112,7 @@ def qmatmul_dynamic_loops(L, op):
     func = _loop_func(m, k, k, n, ng, group, op.attrs["per_row"], rt.shape)
     bias = op.operands[2] if len(op.operands) > 2 else None
     args = [xq, sc, zp, L.const(w.astype(np.int32)), L.const(zw.astype(np.int32)), L.const(sw),
-            L.get(bias) if bias is not None and not bias.is_const else L.const(_bias(op, n, n))]
+            L.get(bias) if bias is not None and not bias.is_const else L.const(padded_bias(op, n, n))]
     return L.call_tir(func, "lowbit_qmatmul_grouped", args, rt.shape, "float32")
 
 

@@ -185,59 +185,59 @@ class QuantizeWeights(Pass):
         return best[1], best[2]
 
     def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
-        """{id(op): (integers, type, relative error)}: the samples run through the graph op by op, each target
-        quantized from its inputs there and then computed with its dequantized weight."""
-        from ..ir.interp import evaluate_op
+        """{id(op): (integers, type, relative error, AWQ alpha, AWQ input factors)} (``calibrated_layers``)."""
+        def layer(op, w, xtx, n):
+            scalable = self.awq and not (op.opname == "gemm" and op.attrs["trans_a"])
+            alpha, s = self._awq_scales(w, xtx, n) if scalable else (None, None)
+            if s is None:
+                q, t = self._quantize(op, w, xtx, n, method)
+                w_hat = scheme.dequantize_array(q, t)
+                return (q, t, qw.relative_error(w, w_hat, xtx), alpha, None), w_hat, None
+            inv = (1.0 / s).astype(np.float32)  # quantize s * W against the scaled inputs x / s
+            q, t = self._quantize(op, (w * s[:, None]).astype(np.float32), xtx * np.outer(inv, inv), n, method)
+            qv = scheme.dequantize_array(q, t)
+            w_hat = qv.astype(np.float64) * inv[:, None].astype(np.float64)
+            return (q, t, qw.relative_error(w, w_hat, xtx), alpha, inv), qv, inv
+        return calibrated_layers(graph, samples, targets, layer)
 
-        pending = {id(op) for op in targets}
-        last = {}
-        for i, op in enumerate(graph.ops):
+
+def calibrated_layers(graph: Graph, samples: list, targets: list, layer) -> dict:
+    """{id(op): what ``layer`` returned first} for every target: the samples run through the graph op by op, and
+    each target, when reached, is handed ``(op, w, XᵀX, n)`` of its inputs there (``target_weight``, ``_input_rows``)
+    and returns ``(result, weight, x_factor)``: the weight [K, N] the rewritten graph multiplies by and a factor per
+    input channel applied to x first (or None). The layer is then computed that way, so each later layer sees the
+    inputs the quantized layers before it give (the reference GPTQ's sequential order)."""
+    from ..ir.interp import evaluate_op
+
+    pending = {id(op) for op in targets}
+    last = {}
+    for i, op in enumerate(graph.ops):
+        for v in op.operands:
+            last[id(v)] = i
+    envs = [{id(v): s[v.name] for v in graph.inputs} for s in samples]
+    done = {}
+    for i, op in enumerate(graph.ops):
+        if not pending:
+            break
+        weight = factor = None
+        if id(op) in pending:
+            pending.discard(id(op))
+            xtx, n = qw.hessian(_input_rows(op, env[id(op.operands[0])]) for env in envs)
+            done[id(op)], weight, factor = layer(op, target_weight(op)[0], xtx, n)
+            if op.opname == "gemm" and op.attrs["trans_b"]:
+                weight = weight.T
+        for env in envs:
+            args = [env[id(v)] for v in op.operands]
+            if weight is not None:
+                args[1] = weight
+            if factor is not None:
+                args[0] = args[0].astype(np.float32) * factor
+            for r, a in zip(op.results, evaluate_op(op, args)):
+                env[id(r)] = a
             for v in op.operands:
-                last[id(v)] = i
-        envs = [{id(v): s[v.name] for v in graph.inputs} for s in samples]
-        done = {}
-        for i, op in enumerate(graph.ops):
-            if not pending:
-                break
-            override = None
-            if id(op) in pending:
-                pending.discard(id(op))
-                w = target_weight(op)[0]
-                xtx, n = qw.hessian(_input_rows(op, env[id(op.operands[0])]) for env in envs)
-                scalable = self.awq and not (op.opname == "gemm" and op.attrs["trans_a"])
-                alpha, s = self._awq_scales(w, xtx, n) if scalable else (None, None)
-                if s is None:
-                    q, t = self._quantize(op, w, xtx, n, method)
-                    w_hat = scheme.dequantize_array(q, t)
-                    inv = None
-                else:  # quantize s * W against the scaled inputs x / s
-                    inv = (1.0 / s).astype(np.float32)
-                    q, t = self._quantize(op, (w * s[:, None]).astype(np.float32), xtx * np.outer(inv, inv), n, method)
-                    w_hat = scheme.dequantize_array(q, t).astype(np.float64) * inv[:, None].astype(np.float64)
-                done[id(op)] = (q, t, qw.relative_error(w, w_hat, xtx), alpha, inv)
-                override = w_hat.T if op.opname == "gemm" and op.attrs["trans_b"] else w_hat
-                if inv is not None:  # what the rewritten graph computes: (x * inv) @ dequantize(q)
-                    override = None
-                    qv = scheme.dequantize_array(q, t)
-                    for env in envs:
-                        x = env[id(op.operands[0])].astype(np.float32) * inv
-                        env[id(op.results[0])] = evaluate_op(op, [x, qv.T if op.opname == "gemm" and
-                                                                  op.attrs["trans_b"] else qv]
-                                                             + [env[id(v)] for v in op.operands[2:]])[0]
-                        for v in op.operands:
-                            if last[id(v)] == i:
-                                env.pop(id(v), None)
-                    continue
-            for env in envs:
-                args = [env[id(v)] for v in op.operands]
-                if override is not None:
-                    args[1] = override
-                for r, a in zip(op.results, evaluate_op(op, args)):
-                    env[id(r)] = a
-                for v in op.operands:
-                    if last[id(v)] == i:
-                        env.pop(id(v), None)
-        return done
+                if last[id(v)] == i:
+                    env.pop(id(v), None)
+    return done
 
 
 def rewrite(g: Graph, op, q: np.ndarray, t, in_scale=None) -> None:

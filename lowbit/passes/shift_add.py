@@ -40,13 +40,6 @@ METHODS = ("rtn", "gptq", "auto")
 INT4 = "int4"
 
 
-def _input_rows(op, x: np.ndarray) -> np.ndarray:
-    """The rows of K a layer multiplies its weight by, [rows, K]."""
-    if op.opname == "gemm" and op.attrs["trans_a"]:
-        x = x.T
-    return x.reshape(-1, x.shape[-1])
-
-
 def _weight_error(w: np.ndarray, w_hat: np.ndarray) -> float:
     w = np.asarray(w, np.float64)
     ref = float(np.sum(w * w))
@@ -128,35 +121,8 @@ class ShiftAdd(Pass):
         return q, t, rec, w_hat
 
     def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
-        """{id(op): (q, type, report fields)}: the samples run through the graph op by op, each target quantized
-        from its inputs there and then computed with its dequantized weight (quantize-weights' order)."""
-        from ..ir.interp import evaluate_op
-
-        pending = {id(op) for op in targets}
-        last = {}
-        for i, op in enumerate(graph.ops):
-            for v in op.operands:
-                last[id(v)] = i
-        envs = [{id(v): s[v.name] for v in graph.inputs} for s in samples]
-        done = {}
-        for i, op in enumerate(graph.ops):
-            if not pending:
-                break
-            override = None
-            if id(op) in pending:
-                pending.discard(id(op))
-                w = qwp.target_weight(op)[0]
-                xtx, n = qw.hessian(_input_rows(op, env[id(op.operands[0])]) for env in envs)
-                q, t, rec, w_hat = self._choose(op, w, xtx, n, method)
-                done[id(op)] = (q, t, rec)
-                override = w_hat.T if op.opname == "gemm" and op.attrs["trans_b"] else w_hat
-            for env in envs:
-                args = [env[id(v)] for v in op.operands]
-                if override is not None:
-                    args[1] = override
-                for r, a in zip(op.results, evaluate_op(op, args)):
-                    env[id(r)] = a
-                for v in op.operands:
-                    if last[id(v)] == i:
-                        env.pop(id(v), None)
-        return done
+        """{id(op): (q, type, report fields)} in quantize-weights' sequential order (``calibrated_layers``)."""
+        def layer(op, w, xtx, n):
+            q, t, rec, w_hat = self._choose(op, w, xtx, n, method)
+            return (q, t, rec), w_hat, None
+        return qwp.calibrated_layers(graph, samples, targets, layer)

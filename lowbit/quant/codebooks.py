@@ -119,37 +119,20 @@ def rtn(w: np.ndarray, values, group: int, search: bool = True) -> tuple[np.ndar
 
 def gptq(w: np.ndarray, h: np.ndarray, values, group: int, search: bool = True, damp: float = 0.01,
          block: int = 128, what: str = "") -> tuple[np.ndarray, TensorType]:
-    """(codes [K, N], their type): GPTQ of ``w`` [K, N] given ``h`` = 2 XᵀX / n, each column coded to its
-    nearest codebook value (``lowbit.quant.gptq.gptq``'s loop; a group's scale from the updated weights)."""
+    """(codes [K, N], their type): GPTQ of ``w`` [K, N] given ``h`` = 2 XᵀX / n (``lowbit.quant.gptq.columns``),
+    each column coded to its nearest codebook value, a group's scale from the weights as the loop has them."""
     cb = np.asarray(values, np.float64)
-    wt = np.array(w, np.float64).T.copy()  # [N, K]
-    n_out, k = wt.shape
-    h = np.array(h, np.float64, copy=True)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    wt[:, dead] = 0.0
-    u = qw.inverse_cholesky(h, damp, what)
-    codes = np.zeros((n_out, k), np.int64)
+    k, n_out = np.shape(w)
     scales = np.ones((-(-k // group), n_out), np.float32)
-    s64 = None
-    for i1 in range(0, k, block):
-        i2 = min(i1 + block, k)
-        w1 = wt[:, i1:i2].copy()
-        err1 = np.zeros_like(w1)
-        u1 = u[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % group == 0:
-                gi = col // group
-                scales[gi] = group_scales(wt[:, col:col + group].T, cb, group, search)[0]
-                s64 = scales[gi].astype(np.float64)
-            x = w1[:, i]
-            c = scheme.codebook_codes(x / s64, cb)
-            codes[:, col] = c
-            e = (x - cb[c] * s64) / u1[i, i]
-            w1[:, i:] -= np.outer(e, u1[i, i:])
-            err1[:, i] = e
-        wt[:, i2:] -= err1 @ u[i1:i2, i2:]
+
+    def start_group(gi, cols):
+        scales[gi] = group_scales(cols, cb, group, search)[0]
+        return scales[gi].astype(np.float64)
+
+    def code(x, s64):
+        c = scheme.codebook_codes(x / s64, cb)
+        return c, cb[c] * s64
+    codes = qw.columns(w, h, group, damp, block, what, start_group, code)
     t = weight_type((k, n_out), scales, values, group)
     return np.ascontiguousarray(codes.T).astype(t.dtype.np_dtype), t
 

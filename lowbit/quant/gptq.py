@@ -108,9 +108,11 @@ def inverse_cholesky(h: np.ndarray, damp: float, what: str = "") -> np.ndarray:
                           f"definite; raise quantize-weights' damp (now {damp})") from None
 
 
-def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, damp: float = 0.01,
-         block: int = 128, what: str = "") -> tuple[np.ndarray, TensorType]:
-    """(stored integers [K, N], their type): GPTQ of the [K, N] weight ``w`` given ``h`` = 2 XᵀX / n [K, K]."""
+def columns(w: np.ndarray, h: np.ndarray, group: int, damp: float, block: int, what: str, start_group, code):
+    """GPTQ's column loop (the reference ``fasterquant`` with groups): codes [N, K] i64 of the [K, N] weight ``w``
+    given ``h`` = 2 XᵀX / n. ``start_group(gi, cols)`` is called as group ``gi`` starts, with its columns of W as
+    the reference has them there ([group, N] f64: this block's own updates not yet applied), and returns the
+    group's state; ``code(x, state)`` gives a column's codes and their dequantized values (f64)."""
     wt = np.array(w, np.float64).T.copy()  # [N, K]: the reference's orientation, a row per output column
     n_out, k = wt.shape
     h = np.array(h, np.float64, copy=True)
@@ -118,12 +120,8 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, d
     h[dead, dead] = 1.0
     wt[:, dead] = 0.0
     u = inverse_cholesky(h, damp, what)
-    lo, hi = storage(bits, symmetric)[2]
-    q = np.zeros((n_out, k), np.int64)
-    n_groups = -(-k // group)
-    scales = np.ones((n_groups, n_out), np.float32)
-    zps = np.zeros((n_groups, n_out), np.int64)
-    s64 = zp = None
+    codes = np.zeros((n_out, k), np.int64)
+    state = None
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = wt[:, i1:i2].copy()
@@ -131,17 +129,35 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, d
         u1 = u[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if col % group == 0:  # the reference: from W, where this block's own updates are not yet applied
-                gi = col // group
-                scales[gi], zps[gi] = group_params(wt[:, col:col + group].T, bits, symmetric)
-                s64, zp = scales[gi].astype(np.float64), zps[gi]
+            if col % group == 0:
+                state = start_group(col // group, wt[:, col:col + group].T)
             x = w1[:, i]
-            qi = np.clip(np.rint(x / s64) + zp, lo, hi).astype(np.int64)
-            q[:, col] = qi
-            e = (x - (qi - zp) * s64) / u1[i, i]
+            codes[:, col], x_hat = code(x, state)
+            e = (x - x_hat) / u1[i, i]
             w1[:, i:] -= np.outer(e, u1[i, i:])
             err1[:, i] = e
         wt[:, i2:] -= err1 @ u[i1:i2, i2:]
+    return codes
+
+
+def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, damp: float = 0.01,
+         block: int = 128, what: str = "") -> tuple[np.ndarray, TensorType]:
+    """(stored integers [K, N], their type): GPTQ of the [K, N] weight ``w`` given ``h`` = 2 XᵀX / n [K, K]."""
+    k, n_out = np.shape(w)
+    lo, hi = storage(bits, symmetric)[2]
+    n_groups = -(-k // group)
+    scales = np.ones((n_groups, n_out), np.float32)
+    zps = np.zeros((n_groups, n_out), np.int64)
+
+    def start_group(gi, cols):
+        scales[gi], zps[gi] = group_params(cols, bits, symmetric)
+        return scales[gi].astype(np.float64), zps[gi]
+
+    def code(x, state):
+        s64, zp = state
+        qi = np.clip(np.rint(x / s64) + zp, lo, hi).astype(np.int64)
+        return qi, (qi - zp) * s64
+    q = columns(w, h, group, damp, block, what, start_group, code)
     t = weight_type((k, n_out), scales, zps, bits, symmetric, group)
     return np.ascontiguousarray(q.T).astype(t.dtype.np_dtype), t
 
@@ -156,5 +172,5 @@ def relative_error(w: np.ndarray, w_hat: np.ndarray, xtx: np.ndarray) -> float:
     return float(np.sqrt(max(err, 0.0) / ref)) if ref > 0 else (0.0 if err <= 0 else float("inf"))
 
 
-__all__ = ["BITS", "storage", "group_params", "weight_type", "rtn", "hessian", "inverse_cholesky", "gptq",
+__all__ = ["BITS", "storage", "group_params", "weight_type", "rtn", "hessian", "inverse_cholesky", "columns", "gptq",
            "relative_error"]
