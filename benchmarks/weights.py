@@ -1,13 +1,15 @@
 """Low-bit weights on real models: accuracy and stored weight bytes per preset, against lowbit's fp32.
 
-    python benchmarks/weights.py [--models digits,fashion_mnist,minilm] [--presets "w4a8;shift-add"] [--threads 2]
+    python benchmarks/weights.py [--models digits,fashion_mnist,minilm,efficientnet_lite0] [--presets "w4;w4a8;w4a8-apot"] [--threads 2]
 
 Per model (benchmarks/zoo/real.py: real weights or trained on real data) and preset, lowbit compiles the model
 (GPTQ calibrated on the model's calibration samples — data its evaluation does not use), runs the model's own
-evaluation (top-1 accuracy on the held-out test set; MiniLM: cosine of mean-pooled sentence embeddings to the
-PyTorch original and a sentiment probe) and reads the weights' encodings and stored bytes from the manifest
-(``kernels[].weight``). ``O2`` (fp32) is the baseline. Presets that quantize only matmuls and gemms leave
-convolutions in f32 (the CNNs' convolutions are not low-bit yet); the table says how many weights were.
+evaluation (top-1 accuracy on the held-out test set; EfficientNet-Lite0: top-1 agreement with PyTorch on 216
+photo crops; MiniLM: cosine of mean-pooled sentence embeddings to the PyTorch original and a sentiment probe)
+and reads the weights' encodings and stored bytes from the manifest (``kernels[].weight``) and the weight
+passes' per-layer choices (``weight_report``: which scheme each layer got, which fell back). ``O2`` (fp32) is
+the baseline. Under ``w4`` (f32 activations) convolutions are quantized but stored f32 (codegen warns); under
+``w4a8``/``w4a8-apot`` they run on the int8 kernels from 4-bit table codes; depthwise convolutions stay int8.
 """
 from __future__ import annotations
 
@@ -30,7 +32,13 @@ def _weights(manifest) -> dict:
     enc: dict = {}
     for w in ws:
         enc[w["encoding"]] = enc.get(w["encoding"], 0) + 1
-    return {"stored_bytes": stored, "f32_bytes": f32, "ratio": stored / f32 if f32 else None, "encodings": enc}
+    layers: dict = {}  # the weight passes' per-layer choices (manifest "weight_report")
+    for r in manifest.get("weight_report", []):
+        kind = f"{r['op']} " + ("kept (fallback)" if r.get("fallback") and "scheme" not in r
+                                else r.get("scheme") or f"int{r['bits']}")
+        layers[kind] = layers.get(kind, 0) + 1
+    return {"stored_bytes": stored, "f32_bytes": f32, "ratio": stored / f32 if f32 else None, "encodings": enc,
+            "layers": layers}
 
 
 def _batches(samples: list, shapes: dict) -> list:
@@ -51,7 +59,7 @@ def _batches(samples: list, shapes: dict) -> list:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="digits,fashion_mnist,minilm")
-    p.add_argument("--presets", default="w4a8;shift-add", help="presets or pipeline texts, separated by ;")
+    p.add_argument("--presets", default="w4;w4a8;w4a8-apot", help="presets or pipeline texts, separated by ;")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args(argv)
@@ -92,9 +100,10 @@ def main(argv=None) -> int:
                   flush=True)
     print(f"\nCPU: {cpu_model_name()}; {a.threads} threads")
     for r in rows:
-        metric = {k: v for k, v in r.items() if k in ("accuracy", "mean_cosine", "min_cosine", "sentiment_probe_acc")}
+        metric = {k: v for k, v in r.items() if k in ("accuracy", "top1_agreement", "mean_cosine", "min_cosine",
+                                                      "sentiment_probe_acc")}
         print(f"| {r['model']} | {r['preset']} | " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
-              + f" | {r['stored_bytes']} B ({r['ratio']:.3f}x f32) | {r['encodings']} |")
+              + f" | {r['stored_bytes']} B ({r['ratio']:.3f}x f32) | {r['encodings']} | {r['layers']} |")
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -218,6 +218,13 @@ def cmd_inspect(args) -> int:
             enc[w["encoding"]] = enc.get(w["encoding"], 0) + 1
         lines.append(f"weights    {stored} bytes stored, {stored / f32:.3f}x their f32 {f32} bytes ("
                      + ", ".join(f"{e}: {n}" for e, n in enc.items()) + ")")
+    if manifest.get("weight_report"):
+        lines.append("low-bit weights (per layer):")
+        for r in manifest["weight_report"]:
+            what = r.get("scheme") or f"int{r.get('bits')}"
+            err = "" if r.get("rel_error") is None else f" output error {r['rel_error']:.4f}"
+            back = " (fallback)" if r.get("fallback") else ""
+            lines.append(f"  {r['name']}  {r['op']} {what} group {r.get('group')} {r.get('method')}{err}{back}")
     if "quant_report" in manifest:
         from .quant.report import format_report
 

@@ -56,13 +56,15 @@ def load_model(source, shapes: dict | None = None, example_inputs=None) -> Graph
 
 @dataclass
 class Prepared:
-    """A model after the pipeline: ``graph`` (optimized), ``source`` (as imported), the parsed ``passes``, and
-    the checked calibration samples (None without calibration data)."""
+    """A model after the pipeline: ``graph`` (optimized), ``source`` (as imported), the parsed ``passes``, the
+    checked calibration samples (None without calibration data) and the per-layer records of the weight passes
+    (``quantize-weights`` / ``shift-add``: method, error, scheme, fallback; empty without them)."""
 
     graph: Graph
     source: Graph
     passes: object
     calibration: list | None
+    weight_report: list | None = None
 
 
 def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=None) -> Prepared:
@@ -82,9 +84,10 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
         from .quant.calibrate import load_samples
 
         samples = load_samples(calibration, source)
+    ctx = PassContext(calibration=samples)
     with prog.step(f"running passes ({str(passes) or 'none'})"):
-        graph = run_pipeline(source, passes, PassContext(calibration=samples))
-    return Prepared(graph, source, passes, samples)
+        graph = run_pipeline(source, passes, ctx)
+    return Prepared(graph, source, passes, samples, list(getattr(ctx, "weight_report", None) or []))
 
 
 def integer_policy(target, passes, keep_integer: bool = False):
@@ -194,6 +197,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
         art.manifest["source"] = dict(meta)
     if quant_report is not None:
         art.manifest["quant_report"] = quant_report
+    if p.weight_report:
+        art.manifest["weight_report"] = p.weight_report
     if notes:
         art.manifest["warnings"] = notes
     art.manifest["compile_seconds"] = round(time.perf_counter() - t_start, 3)

@@ -103,8 +103,11 @@ class _Writer:
         q = t.quant
         axis = {} if q.axis is None else {"axis": q.axis}
         shape = () if q.axis is None else (len(q.scale),)
+        if q.codebook is not None:
+            raise LowbitError(f"a {t.dtype.name} codebook weight (shift-add) has no ONNX form: DequantizeLinear "
+                              "maps codes linearly; export the graph before shift-add")
         scale = self.init(np.asarray(q.scale, np.float32).reshape(shape), "scale")
-        zp = self.init(np.asarray(q.zero_point, t.dtype.np_dtype).reshape(shape), "zero_point")
+        zp = self.init(np.asarray(q.zero_point, _onnx_storage(t.dtype)).reshape(shape), "zero_point")
         return scale, zp, axis
 
     def dequantize(self, v, vname=None, out=None) -> str:
@@ -135,7 +138,14 @@ def _const(w, op, ins, out):
 
     if op.result.users and all(u.opname == "dequantize" and _nbits_weight(u.result) for u in op.result.users):
         return  # a MatMulNBits weight: packed by _matmul_nbits
-    w.inits.append(numpy_helper.from_array(np.asarray(op.attrs["value"]).astype(op.result.type.dtype.np_dtype), out))
+    w.inits.append(numpy_helper.from_array(np.asarray(op.attrs["value"]).astype(_onnx_storage(op.result.type.dtype)),
+                                           out))
+
+
+def _onnx_storage(d) -> np.dtype:
+    """The numpy dtype an initializer of lowbit dtype ``d`` is written in: 4-bit codes as 8-bit integers of the
+    same values (opset 20's DequantizeLinear takes no int4; the values, and so the meaning, are unchanged)."""
+    return np.dtype(np.int8) if d == dt.i4 else np.dtype(np.uint8) if d == dt.u4 else np.dtype(d.np_dtype)
 
 
 @exporter(*_SAME)
@@ -154,6 +164,8 @@ def _nbits_weight(v) -> bool:
     t = d.operands[0].type
     q = t.quant
     if q is None or q.group is None or q.axis != 1 or t.rank != 2 or q.group < 16 or q.group & (q.group - 1):
+        return False
+    if q.codebook is not None:  # codebook indices are not MatMulNBits codes
         return False
     lo, hi = scheme.storage_range(t.dtype, q)
     if hi - lo + 1 > 256 or not v.users:
@@ -198,6 +210,9 @@ def _matmul_nbits(w, op, ins, out):
 def _no_groups(op):
     """Refuse group-wise parameters (MatMulNBits weights): opset 20's QuantizeLinear / DequantizeLinear have no
     block_size (opset 21's DequantizeLinear does, and onnxruntime's MatMulNBits is not ONNX-standard)."""
+    if any(v.type.quant is not None and v.type.quant.codebook is not None for v in op.operands + op.results):
+        raise LowbitError(f"{op.describe()}: a codebook weight (shift-add) has no ONNX form: DequantizeLinear and "
+                          "MatMulNBits map codes linearly; export the graph before shift-add")
     if any(v.type.quant is not None and v.type.quant.group is not None for v in op.operands + op.results):
         raise LowbitError(f"{op.describe()}: group-wise quantization (MatMulNBits weights) has no exact ONNX export "
                           f"at opset {OPSET} (DequantizeLinear has no block_size before opset 21)")

@@ -241,7 +241,7 @@ def test_options_and_preset():
     assert str(parse_pipeline("shift-add{scheme=apot,group=128,method=rtn,search=true}")) == "shift-add"
     text = "shift-add{scheme=nf4,group=64,method=gptq,search=false,fallback=false,damp=0.05,exclude_nodes=[a]}"
     assert str(parse_pipeline(text)) == text
-    assert "shift-add{method=auto},quantize{dynamic=true}" in str(parse_pipeline("w4a8-apot"))
+    assert "shift-add{method=auto},quantize{calibrator=mse,dynamic=true},lower-qdq" in str(parse_pipeline("w4a8-apot"))
     assert "shift-add{scheme=apot,group=128,method=auto}" in PRESETS["w4a8-apot"]
     for bad, needle in [("scheme=apot3", "unknown scheme 'apot3'"), ("method=awq", "unknown method"),
                         ("group=0", "group and block must be >= 1")]:

@@ -18,6 +18,7 @@ from ..runtime.host import cpu_flags, enable_amx
 from .config import CodegenConfig
 from .intrinsics import vector_rounding
 from .lower import to_relax
+from .lowering import table_codes
 from .target import CudaTarget, Target
 
 
@@ -146,9 +147,15 @@ def build(graph, target, config: CodegenConfig | None = None, progress=None, sch
     config = CodegenConfig.parse(config)
     target = Target.parse(target)
     kernels: list = []
+    tables: list = []
     with prog.step(f"building for {target.describe()}"):
-        ex = build_module(graph, target, config, kernels, schedule_log)
-    members = {}
+        ex = build_module(graph, target, config, kernels, schedule_log, {"table_weights": tables})
+    members, table_specs = {}, []
+    for i, (var, a, values) in enumerate(tables):
+        name = f"weights/{i}.u4"
+        members[name] = table_codes(a, values)
+        table_specs.append({"param": str(var.name), "member": name, "shape": list(a.shape),
+                            "values": [int(v) for v in values]})
     if isinstance(target, CudaTarget):
         with prog.step("compiling CUDA device code with nvcc"):
             members.update(_cuda_device_code(ex, target))
@@ -167,6 +174,7 @@ def build(graph, target, config: CodegenConfig | None = None, progress=None, sch
         "layers": layer_precision(graph),
         "codegen": config.as_dict(),
         "kernels": kernels,
+        "table_weights": table_specs,
         "versions": {"lowbit": __version__, "tvm": tvm.__version__, "python": platform.python_version()},
     }
     return Artifact(manifest, members)

@@ -10,10 +10,12 @@ reference interpreter.
 from __future__ import annotations
 
 import re
+import warnings
 
 import numpy as np
 
-from ..errors import LowbitError
+from ..errors import LowbitError, LowbitWarning
+from ..quant import scheme
 from ..ir.graph import Graph
 from . import layout, ops_bf16, ops_elementwise, ops_int, ops_math, ops_nn, ops_shape, ops_tensor  # noqa: F401  (rules)
 from . import w4f
@@ -52,6 +54,45 @@ def grouped_weight(v) -> bool:
         or (u.opname == "dequantize" and w4f.dequantized_weight(u.result)) for u in v.users)
 
 
+def folded_codes(v):
+    """The constant c of ``v = dequantize(c)`` when c holds low-bit codes that are not group-wise (i4 / u4, or
+    a codebook's indices: a convolution's ``quantize-weights`` / ``shift-add`` weight with f32 activations) and
+    only dequantize ops read it: lowering makes ``v`` an f32 constant (the reference's values), c is not
+    materialized. Else None."""
+    p = v.producer
+    if p is None or p.opname != "dequantize" or not p.operands[0].is_const:
+        return None
+    c = p.operands[0]
+    q = c.type.quant
+    if q is None or q.group is not None or (c.type.dtype in SUPPORTED_DTYPES and q.codebook is None):
+        return None
+    return c if all(u.opname == "dequantize" for u in c.users) else None
+
+
+def fold_codes(graph: Graph) -> tuple[Graph, dict]:
+    """(graph, {f32 constant: the codes' encoding}): every ``folded_codes`` dequantize replaced by the f32
+    constant of its values (the reference's), in a copy of the graph when there is any, with a ``LowbitWarning``
+    (their f32 kernels store f32)."""
+    if not any(op.opname == "dequantize" and folded_codes(op.result) is not None for op in graph.ops):
+        return graph, {}
+    graph = graph.clone()
+    folded, where = {}, []
+    for op in [op for op in graph.ops if op.opname == "dequantize" and folded_codes(op.result) is not None]:
+        c = op.operands[0]
+        v = graph.const(scheme.dequantize_array(np.asarray(c.const_value), c.type), loc=op.loc, before=op)
+        folded[v] = encoding(c.type)
+        where.append(op.loc or op.describe())
+        graph.replace_all_uses(op.result, v)
+        graph.erase(op)
+        if not c.users:
+            graph.erase(c.producer)
+    warnings.warn(f"{len(where)} low-bit weight(s) read by f32 ops ({', '.join(where[:3])}"
+                  f"{', ...' if len(where) > 3 else ''}) are stored as f32: lowbit's f32 kernels take low-bit codes "
+                  "only group-wise, as a matmul's weight; convolutions take them on int8 kernels (activations "
+                  "quantized: --preset w4a8 with --calib DATA)", LowbitWarning, stacklevel=3)
+    return graph, folded
+
+
 def _grouped_use(v) -> str:
     """How a group-wise value that ``grouped_weight`` refuses is used, for the refusal."""
     if not v.is_const:
@@ -81,7 +122,7 @@ def encoding(t) -> str:
     return ", ".join(parts)
 
 
-def weight_record(L, op, before: int) -> dict | None:
+def weight_record(L, op, before: int, tables_before: int = 0) -> dict | None:
     """The manifest's record of an op's constant weight (operand 1): its encoding and the bytes its kernel stores
     (the constants lowering it made; a constant used as it is: its own bytes), beside its f32 bytes."""
     if len(op.operands) < 2:
@@ -93,7 +134,12 @@ def weight_record(L, op, before: int) -> dict | None:
         return None
     made = getattr(L, "const_bytes", 0) - before
     stored = made if made else int(np.asarray(w.const_value).nbytes)
-    return {"encoding": encoding(w.type), "stored_bytes": int(stored), "f32_bytes": 4 * int(np.prod(w.type.shape))}
+    enc = encoding(w.type)
+    if w in getattr(L, "folded", {}):
+        enc = f"{enc} (from {L.folded[w]})"
+    if len(getattr(L, "tables", None) or ()) > tables_before:
+        enc += ", stored as 4-bit table codes"
+    return {"encoding": enc, "stored_bytes": int(stored), "f32_bytes": 4 * int(np.prod(w.type.shape))}
 
 
 def check_lowerable(graph: Graph) -> None:
@@ -147,7 +193,7 @@ def _blocks(sch):
 
 
 def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, input_layouts: dict | None = None,
-             native_outputs: bool = False, layouts: dict | None = None):
+             native_outputs: bool = False, layouts: dict | None = None, table_weights: list | None = None):
     """(IRModule, kernels): a module whose ``main`` takes the graph inputs (in order) and returns a tuple of
     its outputs, and one record per op of the kernel chosen (``name``, ``op``, ``kernel``, ``passed_over``).
 
@@ -156,11 +202,17 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
     output in the layout its producer made it in, and ``layouts``, a dict, receives per op name the layouts its
     operands were made in (``"plain"``, ``"nhwc"``, ``"b16"``...; constants ``"const"``).
 
+    ``table_weights``, a list, makes every i8 constant of at least ``TABLE_MIN_ELEMENTS`` with at most 16
+    distinct values (4-bit weights on the int8 kernels) a parameter of ``main`` after the inputs instead of a
+    constant of the library, appending ``(Var, array, values)`` to the list: the artifact stores it as 4-bit
+    indices into its values (``lowering.table_codes``) and the runtime passes it.
+
     On x86 targets float convolutional activations stay channel-blocked (NCHWc, ``layout.py``) between the
     ops that understand that layout; on AMX targets u8 convolutions run on AMX tiles (the process that runs
     the code must have asked for AMX, ``runtime.host.enable_amx``) and the integer region stays NHWC."""
     from tvm import relax
 
+    graph, folded = fold_codes(graph)
     check_lowerable(graph)
     target = Target.parse(target)
     config = config or CodegenConfig()
@@ -188,6 +240,7 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
             benv[v] = (p, lay)
         native[v] = lay if isinstance(lay, str) else f"b{lay}"
     L = Lowerer(bb, target, config)
+    L.folded, L.tables = folded, table_weights
     blocked = isinstance(target, X86Target)
     given = {id(v): lay for v, lay in zip(graph.inputs, [input_layouts.get(i) for i in range(len(graph.inputs))])
              if isinstance(lay, int)}
@@ -214,12 +267,13 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
 
     L.get, L.get_nhwc, L.is_nhwc = get, get_nhwc, lambda v: v in nenv
     kernels = []
-    with bb.function("main", params):
+    with bb.function("main"):
         with bb.dataflow():
             for i, op in enumerate(graph.ops):
                 if op.opname == "const":
                     if not grouped_weight(op.result):
-                        env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype)
+                        # (the graph's own constants stay in the library; kernels' packed copies may be tables)
+                        env[op.result] = L.const(op.attrs["value"], op.result.type.dtype.np_dtype, table=False)
                     continue
                 if op.opname == "dequantize" and w4f.dequantized_weight(op.result):
                     continue  # its matmuls' kernel (w4f.py) reads the codes from the constant
@@ -230,21 +284,21 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
                 try:
                     if len(op.results) == 1 and id(op.result) in plan:
                         cb = plan[id(op.result)]
-                        before = getattr(L, "const_bytes", 0)
+                        before, ntab = getattr(L, "const_bytes", 0), len(L.tables or ())
                         benv[op.result] = (L.emit(layout.lower_blocked(L, op, cb, plan, get_blocked)), cb)
                         native[op.result] = f"b{cb}"
                         kernels.append({"name": name, "op": op.opname, "kernel": f"nchw{cb}c"})
-                        weight = weight_record(L, op, before)
+                        weight = weight_record(L, op, before, ntab)
                         if weight:
                             kernels[-1]["weight"] = weight
                     else:
                         k, passed = choose(L, op)
-                        before = getattr(L, "const_bytes", 0)
+                        before, ntab = getattr(L, "const_bytes", 0), len(L.tables or ())
                         res = k.lower(L, op)
                         record = {"name": name, "op": op.opname, "kernel": k.name}
                         if passed:
                             record["passed_over"] = passed
-                        weight = weight_record(L, op, before)
+                        weight = weight_record(L, op, before, ntab)
                         if weight:
                             record["weight"] = weight
                         kernels.append(record)
@@ -268,7 +322,7 @@ def to_relax(graph: Graph, target=None, config: CodegenConfig | None = None, *, 
             else:
                 outs = [get(v) for v in graph.outputs]
             out = bb.emit_output(relax.Tuple(outs))
-        bb.emit_func_output(out)
+        bb.emit_func_output(out, params=params + [v for v, *_ in (L.tables or ())])
     return bb.get(), kernels
 
 

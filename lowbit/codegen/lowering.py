@@ -22,6 +22,18 @@ REFUSED: dict[str, str] = {}
 SUPPORTED_DTYPES = {dt.f32, dt.f16, dt.bf16, dt.f64, dt.i64, dt.i32, dt.i16, dt.i8, dt.u8, dt.boolean}
 
 
+TABLE_MIN_ELEMENTS = 1024  # smaller i8 constants stay in the library
+
+
+def table_codes(a: np.ndarray, values: np.ndarray) -> bytes:
+    """An i8 array of at most 16 distinct ``values`` (sorted) as 4-bit indices, two per byte, low nibble first
+    (``lowbit.runtime.table_weight`` reverses it)."""
+    idx = np.searchsorted(values, a.ravel()).astype(np.uint8)
+    if idx.size % 2:
+        idx = np.append(idx, np.uint8(0))
+    return (idx[0::2] | (idx[1::2] << 4)).astype(np.uint8).tobytes()
+
+
 def rule(*names, layout_agnostic: bool = False):
     """Register ``fn(L, op, *operands)`` as the lowering of IR ops ``names``; ``layout_agnostic`` says it never
     uses the op's shape (see ``LAYOUT_AGNOSTIC``)."""
@@ -52,10 +64,20 @@ class Lowerer:
         """Codegen knob ``name`` for ``op`` (its per-kernel setting, else the model's)."""
         return self.config.knob(name, op.loc)
 
-    def const(self, array, dtype=None):
+    def const(self, array, dtype=None, table: bool = True):
+        """A Relax constant of ``array`` — or, where the driver collects table weights (``to_relax``'s
+        ``table_weights``) and ``table`` allows, a parameter of main for an i8 array of at most 16 values."""
         a = np.asarray(array)
         if dtype is not None:
             a = a.astype(dtype)
+        tables = getattr(self, "tables", None)
+        if table and tables is not None and a.dtype == np.int8 and a.size >= TABLE_MIN_ELEMENTS:
+            values = np.unique(a)
+            if len(values) <= 16:  # stored as 4-bit indices into these values (``table_codes``), a param of main
+                var = self.relax.Var(f"lowbit_table_{len(tables)}", self.relax.TensorType(list(a.shape), "int8"))
+                tables.append((var, a, values))
+                self.const_bytes = getattr(self, "const_bytes", 0) + (a.size + 1) // 2 + values.size
+                return var
         self.const_bytes = getattr(self, "const_bytes", 0) + a.nbytes  # what the op's kernel stores (manifest)
         return self.relax.const(a, str(a.dtype))
 

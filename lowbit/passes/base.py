@@ -33,10 +33,10 @@ PRESETS: dict[str, str] = {
     "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
           "canonicalize,dce",
     "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
-            "quantize{dynamic=true},canonicalize,dce",
+            "quantize{dynamic=true,calibrator=mse},lower-qdq,canonicalize,dce",
     # (not "shift-add": a preset by a pass's name would hide the pass without options)
     "w4a8-apot": "canonicalize,fold-constants,fold-batchnorm,fuse,shift-add{scheme=apot,group=128,method=auto},"
-                 "quantize{dynamic=true},canonicalize,dce",
+                 "quantize{dynamic=true,calibrator=mse},lower-qdq,canonicalize,dce",
 }
 
 

@@ -11,19 +11,25 @@ tokens with outlying activations, which a per-tensor scale spends most of its 25
 group-wise low-bit weight (``quantize-weights``, onnxruntime's MatMulNBits), ``matmul(x, dequantize(w))``,
 becomes ``qmatmul_dynamic(x, w)`` with the weight's codes, groups, scales and zero points as they are (W4A8).
 
-Weights: int8 symmetric per output channel (scale = max|w| / 127). Biases: i32 in units of input scale x
-weight scale. Activations: one scale and zero point per tensor from the calibrator, at every input of a
-quantized op and at its output (after a following ReLU, which the integer op then applies). Calibration data
+Weights: int8 symmetric per output channel (scale = max|w| / 127); a convolution whose weight already holds
+low-bit codes per output channel (``quantize-weights`` / ``shift-add``: ``conv2d(x, dequantize(codes))``, i4 or
+an integer codebook) keeps them, as i8 values with their scales (``coded_weight``). In ``dynamic=true`` mode those
+convolutions are quantized statically (there is no dynamic convolution kernel) when calibration data is given,
+else they stay f32 with a ``LowbitWarning``. Biases: i32 in units of input scale x weight scale; a channel whose
+bias would not fit (a dead channel of tiny weights beside a large folded bias) gets a larger weight scale, as
+onnxruntime's quantizer does (``_fit_bias``). Activations: one scale and zero point per tensor from the
+calibrator, at every input of a quantized op and at its output (after a following ReLU, which the integer op then applies). Calibration data
 comes from the pass context (``PassContext(calibration=...)``, ``lowbit compile --calib``): an .npz with one
 leading sample axis, a directory of .npz files, or an iterable of ``{input name: array}``.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import LowbitError
+from ..errors import LowbitError, LowbitWarning
 from ..ir import dtypes as dt
 from ..ir.graph import Graph
 from ..ir.types import QuantParams, TensorType
@@ -64,12 +70,66 @@ def grouped_weight(op):
     return w if q.codebook is None or q.integer_codebook() else None  # (nf4's values are not integers)
 
 
+def coded_weight(op):
+    """The constant c of ``conv2d(x, dequantize(c))`` when c holds low-bit integer codes per output channel
+    (``quantize-weights`` / ``shift-add`` on a convolution: i4 -7..7, or an integer codebook's indices; zero
+    points 0), x f32 and any bias constant — what the integer convolution kernels take as i8 values; else None."""
+    if op.opname != "conv2d" or op.operands[0].type.dtype != dt.f32:
+        return None
+    if len(op.operands) > 2 and not op.operands[2].is_const:
+        return None
+    d = op.operands[1].producer
+    if d is None or d.opname != "dequantize" or not d.operands[0].is_const:
+        return None
+    w = d.operands[0]
+    q = w.type.quant
+    if q is None or q.axis != 0 or q.group is not None or any(q.zero_point) or w.type.dtype.kind not in ("int", "uint"):
+        return None
+    if q.codebook is not None:
+        return w if q.integer_codebook() else None
+    return w if w.type.dtype.kind == "int" else None
+
+
+def coded_i8(w):
+    """(i8 values, their type, f32 scales) of a ``coded_weight``: the codes' integers (a codebook's values)."""
+    q = w.type.quant
+    codes = np.asarray(w.const_value)
+    values = scheme.codebook_levels(codes, q) if q.codebook is not None else codes.astype(np.int64)
+    sw = q.scale_array()
+    return values.astype(np.int8), TensorType(w.type.shape, dt.i8, QuantParams(
+        q.scale, (0,) * len(q.scale), 0, storage=scheme.NARROW_I8)), sw
+
+
 def _per_channel_i8(w: np.ndarray, axis: int):
     """(i8 weight, its type, f32 scales): symmetric per output channel along ``axis`` (``scheme.symmetric_weights``),
     typed with the narrow storage range [-127, 127]."""
     wq, sw = scheme.symmetric_weights(w, axis)
     return wq, TensorType(wq.shape, dt.i8, QuantParams(tuple(map(float, sw)), (0,) * len(sw), axis,
                                                        storage=scheme.NARROW_I8)), sw
+
+
+def _fit_bias(op, wq: np.ndarray, wt: TensorType, sw: np.ndarray, x_scale: float, coded):
+    """(weights, type, scales) with the scales of channels whose bias would not fit i32 raised
+    (``scheme.bias_fitting_scales``) and those channels requantized from their real weights (the f32 weight, or
+    the codes' values): such channels' weights are tiny against their bias, so they become mostly 0. Low-bit
+    codes must stay values of their set, else the layer is refused."""
+    fit = scheme.bias_fitting_scales(op.operands[2].const_value, x_scale, sw)
+    changed = fit != sw
+    if not changed.any():
+        return wq, wt, sw
+    axis = wt.quant.axis
+    shape = [1] * wq.ndim
+    shape[axis] = -1
+    real = (wq.astype(np.float64) * sw.astype(np.float64).reshape(shape) if coded is not None
+            else np.asarray(op.operands[1].const_value, np.float64))
+    lo, hi = scheme.NARROW_I8
+    new = np.clip(np.rint(real / fit.astype(np.float64).reshape(shape)), lo, hi)
+    wq2 = np.where(changed.reshape(shape), new, wq).astype(np.int8)
+    if coded is not None and not set(np.unique(wq2).tolist()) <= set(np.unique(wq).tolist()) | {0}:
+        raise LowbitError(f"{op.describe()}: the bias does not fit i32 at input scale x weight scale, and the "
+                          "low-bit codes cannot take the larger weight scale it needs")
+    return wq2, TensorType(wt.shape, wt.dtype, QuantParams(tuple(map(float, fit)), (0,) * len(fit), axis,
+                                                           storage=wt.quant.storage)), fit
 
 
 def output_point(g: Graph, op):
@@ -108,8 +168,11 @@ class Quantize(Pass):
     def run(self, graph: Graph, ctx: PassContext) -> None:
         from ..quant.calibrate import calibrate_range, collect, load_samples, qparams
 
-        targets = [op for op in graph.ops if op.opname in TARGETS and op.opname not in self.exclude_ops
-                   and (op.loc or "") not in self.exclude_nodes and weight_axis(op) is not None]
+        def taken(op):
+            return op.opname not in self.exclude_ops and (op.loc or "") not in self.exclude_nodes
+
+        targets = [op for op in graph.ops if op.opname in TARGETS and taken(op)
+                   and (weight_axis(op) is not None or coded_weight(op) is not None)]
         if self.dynamic:
             for op in targets:
                 if op.opname != "conv2d":
@@ -120,7 +183,12 @@ class Quantize(Pass):
                                  loc=op.loc, before=op).result
                 graph.replace_all_uses(op.results[0], y)
                 graph.erase(op)
-            return
+            targets = [op for op in targets if coded_weight(op) is not None]
+            if targets and ctx.calibration is None:
+                warnings.warn(f"quantize{{dynamic=true}}: {len(targets)} convolution(s) with low-bit weights stay f32 "
+                              "(weights dequantized): their activations are quantized statically, which needs "
+                              "calibration data (--calib DATA)", LowbitWarning, stacklevel=2)
+                return
         if not targets:
             return
         if ctx.calibration is None:
@@ -173,7 +241,13 @@ class Quantize(Pass):
 
     @staticmethod
     def _quantize_weights(g: Graph, op, xq: TensorType) -> None:
-        wq, wt, sw = _per_channel_i8(op.operands[1].const_value, weight_axis(op))
+        coded = coded_weight(op)
+        if coded is not None:  # low-bit codes as they are
+            wq, wt, sw = coded_i8(coded)
+        else:
+            wq, wt, sw = _per_channel_i8(op.operands[1].const_value, weight_axis(op))
+        if len(op.operands) > 2:
+            wq, wt, sw = _fit_bias(op, wq, wt, sw, xq.quant.scale[0], coded)
         wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
         op.set_operand(1, wv)
         if len(op.operands) > 2:

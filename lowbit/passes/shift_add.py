@@ -1,7 +1,8 @@
 """shift-add: weight-only 4-bit codebook quantization (power-of-two, additive powers of two, NF4), the weights'
 products shifts and adds; activations stay f32.
 
-Like ``quantize-weights`` (same targets, gemm rewriting, calibration, exclusions and per-layer report), but each
+Like ``quantize-weights`` (same targets — convolutions per output channel, ``convs`` — gemm rewriting,
+calibration, exclusions and per-layer report), but each
 stored 4-bit code indexes a codebook (``lowbit.quant.codebooks``): every matmul by a constant f32 [K, N] weight
 and every gemm by a constant B becomes ``matmul(x, dequantize(const codes))``, the codes' type
 ``tensor<KxNxu4, q<axis=1, group=G, codebook=[...], [scale:0, ...]>>``: real = codebook[code] * scale, one f32
@@ -60,6 +61,7 @@ class ShiftAdd(Pass):
     block: int = 128
     exclude_ops: tuple[str, ...] = ()  # tuple[str, ...]: the pipeline parser reads that as a list
     exclude_nodes: tuple[str, ...] = ()
+    convs: str = "dense"
 
     def __post_init__(self):
         if self.scheme not in cbk.CODEBOOKS:
@@ -70,9 +72,11 @@ class ShiftAdd(Pass):
             raise ValueError(f"unknown method '{self.method}' (known: {', '.join(METHODS)})")
         if not self.damp >= 0:
             raise ValueError(f"damp must be >= 0, got {self.damp}")
+        if self.convs not in qwp.CONVS:
+            raise ValueError(f"convs must be one of {', '.join(qwp.CONVS)}, got '{self.convs}'")
 
     def run(self, graph: Graph, ctx: PassContext) -> None:
-        targets = qwp.collect_targets(graph, ctx, self.name, self.exclude_ops, self.exclude_nodes)
+        targets = qwp.collect_targets(graph, ctx, self.name, self.exclude_ops, self.exclude_nodes, self.convs)
         if not targets:
             return
         method = qwp.resolve_method(ctx, self.name, self.method, "rounded to the nearest codebook value")
@@ -85,20 +89,23 @@ class ShiftAdd(Pass):
         rows = qwp.weight_report(ctx)
         for op in targets:
             q, t, rec = done[id(op)]
-            rows.append({"name": op.loc or op.describe(), "op": op.opname, "method": method, **rec})
+            rows.append({"name": op.loc or op.describe(), "op": op.opname, "method": qwp.layer_method(op, method), **rec})
             qwp.rewrite(graph, op, q, t)  # quantize-weights' rewrite: the same graph for a codebook weight
         ctx.rule_hits[self.name] = ctx.rule_hits.get(self.name, 0) + len(targets)
 
     def _quantize(self, op, w: np.ndarray, xtx, n: int, method: str, kind: str):
-        """(codes or integers, type) of ``w`` by the codebook (``kind`` the scheme) or by int4."""
+        """(codes or integers, type) of ``w`` by the codebook (``kind`` the scheme) or by int4 (a convolution's
+        per output channel: ``quantize_weights.layer_group``)."""
+        group = qwp.layer_group(op, w, self.group)
+        rtn = qwp.layer_method(op, method) == "rtn" or xtx is None
         if kind == INT4:
-            if method == "rtn":
-                return qw.rtn(w, 4, self.group, True)
-            return qw.gptq(w, 2.0 * xtx / max(n, 1), 4, self.group, True, self.damp, self.block, what=op.describe())
+            if rtn:
+                return qw.rtn(w, 4, group, True)
+            return qw.gptq(w, 2.0 * xtx / max(n, 1), 4, group, True, self.damp, self.block, what=op.describe())
         values = cbk.codebook(kind)
-        if method == "rtn":
-            return cbk.rtn(w, values, self.group, self.search)
-        return cbk.gptq(w, 2.0 * xtx / max(n, 1), values, self.group, self.search, self.damp, self.block,
+        if rtn:
+            return cbk.rtn(w, values, group, self.search)
+        return cbk.gptq(w, 2.0 * xtx / max(n, 1), values, group, self.search, self.damp, self.block,
                         what=op.describe())
 
     def _choose(self, op, w: np.ndarray, xtx, n: int, method: str):
@@ -114,7 +121,7 @@ class ShiftAdd(Pass):
         measure = {k: (c[3] if xtx is not None else c[4]) for k, c in cands.items()}
         kind = INT4 if self.fallback and measure[INT4] < measure[self.scheme] else self.scheme
         q, t, w_hat, out, werr = cands[kind]
-        rec = {"scheme": kind, "bits": 4, "group": self.group,
+        rec = {"scheme": kind, "bits": 4, "group": qwp.layer_group(op, w, self.group),
                "rel_error": None if out is None else round(out, 6), "weight_error": round(werr, 6),
                "fallback": kind == INT4,
                "errors": {k: round(v, 6) for k, v in measure.items()} if self.fallback else None}

@@ -155,6 +155,17 @@ def bias_unit(x_scale: float, w_scales, n_out: int) -> np.ndarray:
     return sx * np.asarray(w_scales, np.float32).astype(np.float64) * np.ones(n_out)
 
 
+def bias_fitting_scales(bias: np.ndarray, x_scale: float, w_scales) -> np.ndarray:
+    """The f32 weight scales, each raised where needed so that the channel's bias is below 2^30 units of
+    ``bias_unit`` (half the i32 range, the rest for the sums): a channel of (near-)zero weights beside a large
+    bias (batch norm folded into a dead channel) otherwise has no i32 bias. onnxruntime's quantizer adjusts the
+    weight scale the same way."""
+    sw = np.asarray(w_scales, np.float32).reshape(-1)
+    need = np.abs(np.asarray(bias, np.float64).reshape(-1)) / (np.float64(np.float32(x_scale)) * 2.0 ** 30)
+    need = np.nextafter(need.astype(np.float32), np.float32(np.inf))  # (rounded up to f32)
+    return np.where(sw.astype(np.float64) < need, need, sw).astype(np.float32)
+
+
 def bias_to_i32(bias: np.ndarray, x_scale: float, w_scales, n_out: int) -> np.ndarray | None:
     """A float bias as i32 in units of ``bias_unit`` (round half to even), or None when it does not fit."""
     b = np.rint(np.asarray(bias, np.float64).reshape(-1) / bias_unit(x_scale, w_scales, n_out))

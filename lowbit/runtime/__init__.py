@@ -73,13 +73,34 @@ def _enable_cuda(blobs: dict[str, bytes]) -> None:
     tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_callback, override=True)
 
 
+def table_weight(spec: dict, members: dict) -> np.ndarray:
+    """A weight the artifact stores as 4-bit indices into at most 16 i8 values (``manifest["table_weights"]``):
+    two indices a byte, low nibble first, decoded to its i8 array."""
+    try:
+        data, shape = members[spec["member"]], tuple(int(d) for d in spec["shape"])
+        values = np.asarray(spec["values"], np.int64)
+    except (KeyError, TypeError, ValueError):
+        raise LowbitError(f"the artifact's table weight {spec.get('member', '?')!r} is missing or malformed") from None
+    n = int(np.prod(shape))
+    b = np.frombuffer(data, np.uint8)
+    if b.size != (n + 1) // 2 or not 1 <= values.size <= 16 or values.min() < -128 or values.max() > 127:
+        raise LowbitError(f"the artifact's table weight {spec['member']!r} does not match its shape {list(shape)}")
+    idx = np.empty(2 * b.size, np.uint8)
+    idx[0::2], idx[1::2] = b & 15, b >> 4
+    idx = idx[:n]
+    if idx.size and int(idx.max()) >= values.size:
+        raise LowbitError(f"the artifact's table weight {spec['member']!r} indexes past its {values.size} values")
+    return values.astype(np.int8)[idx].reshape(shape)
+
+
 class Module:
     """A loaded artifact: ``run`` maps input names to arrays and returns outputs by name."""
 
-    def __init__(self, path, manifest: dict, lib, device, vm):
+    def __init__(self, path, manifest: dict, lib, device, vm, weights: list | None = None):
         self.path, self.manifest, self._lib, self.device, self._vm = path, manifest, lib, device, vm
         self.inputs = manifest["inputs"]
         self.outputs = manifest["outputs"]
+        self._weights = weights or []  # the table weights, decoded once, passed after the inputs
 
     def signature(self) -> str:
         return ", ".join(f"{i['name']}: {i['dtype']}[{'x'.join(map(str, i['shape']))}]" for i in self.inputs)
@@ -101,7 +122,7 @@ class Module:
                 raise LowbitError(f"input {spec['name']!r} is {a.dtype}[{'x'.join(map(str, a.shape))}], expected "
                                   f"{want}[{'x'.join(map(str, spec['shape']))}]; the model takes ({self.signature()})")
             args.append(tvm.runtime.tensor(np.asarray(a, order="C"), self.device))  # (ascontiguousarray makes 0-d 1-d)
-        return args
+        return args + self._weights
 
     def run(self, inputs: dict) -> dict:
         """Run once; ``inputs`` maps each input name to a numpy array of the manifest's shape and dtype."""
@@ -183,11 +204,15 @@ def load(path) -> Module:
     with open(lib_path, "wb") as f:
         f.write(members[LIBRARY])
     try:
+        weights = [table_weight(spec, members) for spec in manifest.get("table_weights", [])]
+    except LowbitError as e:
+        raise LowbitError(f"{path}: {e}") from None
+    try:
         lib = tvm.runtime.load_module(lib_path)
         vm = VirtualMachine(lib, device)
     except Exception as e:
         raise LowbitError(f"{path}: the TVM runtime cannot load the library: {str(e).splitlines()[0]}") from None
-    return Module(os.fspath(path), manifest, lib, device, vm)
+    return Module(os.fspath(path), manifest, lib, device, vm, [tvm.runtime.tensor(w, device) for w in weights])
 
 
 __all__ = ["load", "Module", "example_inputs", "set_threads"]
