@@ -2,7 +2,8 @@
 MatMulNBits and lowbit int8, effective bandwidth against the machine's measured read bandwidth, same process.
 
     python benchmarks/gemv.py [--shapes 576x1536,1024x2816,4096x11008] [--blocks 32,128] [--threads 2]
-                              [--runs 30] [--rounds 10] [--m 1] [--json out.json]
+                              [--runs 30] [--rounds 10] [--m 1] [--only lowbit_w2_lut,lowbit_int8]
+                              [--json out.json]
 
 Per shape K x N (y[m, N] = x[m, K] @ W[K, N]) and block size, one ONNX model of R MatMulNBits nodes (4-bit,
 packed zero points, the same random codes for every contestant) reading the same input, R chosen so a call
@@ -13,7 +14,10 @@ streams at least 8 MB of 4-bit weights:
 - onnxruntime MatMulNBits, ``accuracy_level`` 0 (f32 activations) and 4 (int8 activations per block);
 - lowbit int8: R qmatmul_dynamic by i8 per-column weights of the same shape (the W8A8 form, twice the bytes);
 - lowbit ``apot``: the ``shift-add`` form, 4-bit APoT codebook indices with per-group scales (the nibble kernel
-  decoding through a ``vpshufb`` table).
+  decoding through a ``vpshufb`` table);
+- lowbit ``w2_lut``: R qmatmul_dynamic by group-wise 2-bit codes with zero points (u8 range 0:3, as
+  ``quantize-weights{bits=2,symmetric=false}`` makes), block ``block``: the T-MAC-style lookup kernel
+  (``lut-w2``) where the CPU has AVX-512 BW and VNNI; its time is also given as lowbit int8's time over it.
 
 Weights are cache-cold: before every timed call a read of twice the last-level cache evicts them (this VM
 reports a large LLC, so rotating copies alone could not), and the R copies are read once per call. The read
@@ -109,6 +113,29 @@ def apot_graph(k: int, n: int, block: int, copies: int, m: int, seed: int = 2):
     return g, n * nb * (block // 2) + n * nb * 4
 
 
+def lut_graph(k: int, n: int, block: int, copies: int, m: int, seed: int = 3):
+    """R qmatmul_dynamic by group-wise 2-bit codes (u8 range 0:3, zero points), group ``block``; the bytes a GEMV
+    reads from the lookup kernel's stream (2 bits per weight; per group and column an f32 scale and a u16)."""
+    from lowbit.codegen import lut
+    from lowbit.ir import dtypes as dt
+    from lowbit.ir.graph import Graph
+    from lowbit.ir.types import QuantParams, TensorType
+
+    rng = np.random.default_rng(seed)
+    nb = -(-k // block)
+    g = Graph("gemv_w2")
+    x = g.add_input("A", TensorType((m, k), dt.f32))
+    outs = []
+    for _ in range(copies):
+        q = QuantParams(tuple(map(float, rng.uniform(0.001, 0.01, nb * n))),
+                        tuple(map(int, rng.integers(0, 4, nb * n))), 1, block, storage=(0, 3))
+        w = g.const(rng.integers(0, 4, (k, n)).astype(np.uint8), type=TensorType((k, n), dt.u8, q))
+        outs.append(g.create("qmatmul_dynamic", [x, w], {"per_row": True}).result)
+    g.set_outputs(outs, [f"Y{i}" for i in range(copies)])
+    nv = -(-n // lut.columns(2))
+    return g, nv * nb * (block * 8 + lut.tail_bytes(2))
+
+
 def read_bandwidth(nbytes: int, threads: int, runs: int = 7) -> tuple[float, object]:
     """(GB/s of a parallel read-only sum over ``nbytes``, a function that streams the buffer once: the flush)."""
     import tvm
@@ -171,6 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30, help="timed calls per contestant")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds the runs are spread over")
     p.add_argument("--m", type=int, default=1, help="rows of the input (1: a GEMV)")
+    p.add_argument("--only", help="time only these contestants (comma-separated names), e.g. the 2-bit lookup "
+                   "kernel against int8 on one thread: --only lowbit_w2_lut,lowbit_int8 --threads 1")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args(argv)
 
@@ -192,21 +221,33 @@ def main(argv=None) -> int:
         for block in (int(b) for b in a.blocks.split(",")):
             print(f"[{k}x{n} block {block}] building {copies} copies", file=sys.stderr, flush=True)
             fns, nbytes, kern = {}, {}, {}
+            only = set(a.only.split(",")) if a.only else None
+
+            def want(name):
+                return only is None or name in only
             m0, per4 = nbits_model(k, n, block, copies, 0, a.m)
             m4, _ = nbits_model(k, n, block, copies, 4, a.m)
-            lb, kern["lowbit_w4a8"] = _lowbit_fn(m0, "int8-dynamic", a.threads, work)
-            args = lb._prepare(x)
-            fns["lowbit_w4a8"], nbytes["lowbit_w4a8"] = (lambda f=lb._vm["main"], args=args: f(*args)), per4
+            if want("lowbit_w4a8"):
+                lb, kern["lowbit_w4a8"] = _lowbit_fn(m0, "int8-dynamic", a.threads, work)
+                args = lb._prepare(x)
+                fns["lowbit_w4a8"], nbytes["lowbit_w4a8"] = (lambda f=lb._vm["main"], args=args: f(*args)), per4
             for level, model in ((0, m0), (4, m4)):
-                so = ort.SessionOptions()
-                so.intra_op_num_threads = a.threads
-                s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-                fns[f"ort_nbits_l{level}"], nbytes[f"ort_nbits_l{level}"] = (lambda s=s: s.run(None, x)), per4
-            ga, pera = apot_graph(k, n, block, copies, a.m)
-            la, kern["lowbit_apot"] = _lowbit_fn(ga, "O0", a.threads, work)
-            argsa = la._prepare(x)
-            fns["lowbit_apot"], nbytes["lowbit_apot"] = (lambda f=la._vm["main"], args=argsa: f(*args)), pera
-            if block == int(a.blocks.split(",")[0]):  # int8 once per shape
+                if want(f"ort_nbits_l{level}"):
+                    so = ort.SessionOptions()
+                    so.intra_op_num_threads = a.threads
+                    s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+                    fns[f"ort_nbits_l{level}"], nbytes[f"ort_nbits_l{level}"] = (lambda s=s: s.run(None, x)), per4
+            if want("lowbit_apot"):
+                ga, pera = apot_graph(k, n, block, copies, a.m)
+                la, kern["lowbit_apot"] = _lowbit_fn(ga, "O0", a.threads, work)
+                argsa = la._prepare(x)
+                fns["lowbit_apot"], nbytes["lowbit_apot"] = (lambda f=la._vm["main"], args=argsa: f(*args)), pera
+            if want("lowbit_w2_lut"):
+                g2, per2 = lut_graph(k, n, block, copies, a.m)
+                l2, kern["lowbit_w2_lut"] = _lowbit_fn(g2, "O0", a.threads, work)
+                args2 = l2._prepare(x)
+                fns["lowbit_w2_lut"], nbytes["lowbit_w2_lut"] = (lambda f=l2._vm["main"], args=args2: f(*args)), per2
+            if block == int(a.blocks.split(",")[0]) and want("lowbit_int8"):  # int8 once per shape
                 g8, per8 = int8_graph(k, n, copies, a.m)
                 l8, kern["lowbit_int8"] = _lowbit_fn(g8, "O0", a.threads, work)
                 args8 = l8._prepare(x)
@@ -227,19 +268,28 @@ def main(argv=None) -> int:
                 rows.append({"shape": f"{k}x{n}", "block": block if "int8" not in name else "-", "contestant": name,
                              "us": us, "GB/s": gbs, "of_read_bw": gbs / bw, "copies": copies,
                              "kernels": kern.get(name, "")})
-            ref = next(r["us"] for r in rows if r["shape"] == f"{k}x{n}" and r["block"] == block
-                       and r["contestant"] == "ort_nbits_l4")
+            ref = next((r["us"] for r in rows if r["shape"] == f"{k}x{n}" and r["block"] == block
+                        and r["contestant"] == "ort_nbits_l4"), None)
             for r in rows:
                 if r["shape"] == f"{k}x{n}" and r["block"] in (block, "-") and "vs_ort_l4" not in r:
-                    r["vs_ort_l4"] = r["us"] / ref
+                    r["vs_ort_l4"] = r["us"] / ref if ref else float("nan")
             for r in rows[-len(fns):]:
+                vs = f", {r['vs_ort_l4']:.2f}x ort level 4" if ref else ""
                 print(f"[{k}x{n} block {block}] {r['contestant']}: {r['us']:.1f} us, {r['GB/s']:.1f} GB/s "
-                      f"({r['of_read_bw']:.0%} of read bw), {r['vs_ort_l4']:.2f}x ort level 4", flush=True)
-    cols = ["shape", "block", "contestant", "us", "GB/s", "of_read_bw", "vs_ort_l4"]
+                      f"({r['of_read_bw']:.0%} of read bw){vs}", flush=True)
+            i8 = next((r for r in rows if r["shape"] == f"{k}x{n}" and r["contestant"] == "lowbit_int8"), None)
+            w2 = rows[-len(fns):]
+            w2 = next((r for r in w2 if r["contestant"] == "lowbit_w2_lut"), None)
+            if i8 and w2:
+                w2["int8_over_lut"] = i8["us"] / w2["us"]
+                print(f"[{k}x{n} block {block}] lowbit int8 / 2-bit LUT: {w2['int8_over_lut']:.2f}x "
+                      f"({i8['us']:.1f} us / {w2['us']:.1f} us; bar 1.5x)", flush=True)
+    cols = ["shape", "block", "contestant", "us", "GB/s", "of_read_bw", "vs_ort_l4", "int8_over_lut"]
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for r in rows:
-        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+        print("| " + " | ".join(f"{r.get(c, ''):.3g}" if isinstance(r.get(c), float) else str(r.get(c, ""))
+                                for c in cols) + " |")
     print(f"\nCPU: {cpu_model_name()}; {a.threads} threads; m = {a.m}; read bandwidth {bw:.1f} GB/s; weights "
           f"cache-cold (a {2 * llc >> 20} MB read before every timed call); medians of {a.runs} calls in {a.rounds} "
           "alternating rounds, per GEMV (a call runs R copies)")

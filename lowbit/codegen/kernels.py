@@ -12,7 +12,7 @@ AMX and VNNI convolutions (a pixel's channels are a tile row), integer or bf16; 
 once.
 
 >>> [k.name for k in TABLE["qconv2d"]][:3]
-['amx-1x1-rows', 'amx-conv', 'depthwise-nhwc']
+['amx-1x1-rows', 'amx-conv', 'vnni-nhwc']
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_bf16, ops_int, ops_vnni, ops_w4, vnni, w4f
+from . import ops_amx, ops_bf16, ops_int, ops_lut, ops_vnni, ops_w4, vnni, w4f
 from .lowering import RULES, np_dtype
 
 
@@ -232,6 +232,10 @@ def _nibbles(L, op):
     return ops_w4.nibble_codes(op)
 
 
+def _bit_planes(L, op):  # the lookup kernel's zmm vpshufb and vpaddb are AVX-512 BW
+    return ops_lut.lut_codes(op) if L.target.has("avx512bw") else "target has no avx512bw"
+
+
 AVX512 = _feature("avx512f")
 
 TABLE: dict[str, list[Kernel]] = {
@@ -257,6 +261,7 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("generic", lambda L, op: None, ops_int.qmatmul),
     ],
     "qmatmul_dynamic": [
+        Kernel("lut-w2", _all(_grouped, VNNI, _const_bias, _bit_planes), ops_lut.qmatmul_dynamic_lut),
         Kernel("vnni-w4", _all(_grouped, VNNI, _const_bias, _nibbles),
                lambda L, op: ops_w4.qmatmul_dynamic_vnni(L, op, op.attrs["per_row"])),
         Kernel("grouped-loops", _grouped, ops_w4.qmatmul_dynamic_loops),
