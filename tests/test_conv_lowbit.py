@@ -136,7 +136,7 @@ def test_export_writes_conv_codes_as_int8_and_refuses_codebooks(tmp_path):
     assert not (tmp_path / "apot.onnx").exists() and not (tmp_path / "mm.onnx").exists()
 
 
-@pytest.mark.parametrize("pipeline", ["quantize", "quantize-weights,quantize"])
+@pytest.mark.parametrize("pipeline", ["quantize", "quantize-weights,quantize", "shift-add,quantize"])
 def test_a_dead_channel_beside_a_large_bias_gets_a_larger_weight_scale(pipeline):
     """EfficientNet-Lite0's stem has such a channel (batch norm folded into weights of ~1e-10): its i32 bias
     in units of sx * sw would overflow; the channel's weight scale is raised instead, its weights become 0."""

@@ -13,8 +13,9 @@ becomes ``qmatmul_dynamic(x, w)`` with the weight's codes, groups, scales and ze
 
 Weights: int8 symmetric per output channel (scale = max|w| / 127); a convolution whose weight already holds
 low-bit codes per output channel (``quantize-weights`` / ``shift-add``: ``conv2d(x, dequantize(codes))``, i4 or
-an integer codebook) keeps them, as i8 values with their scales (``coded_weight``). In ``dynamic=true`` mode those
-convolutions are quantized statically (there is no dynamic convolution kernel) when calibration data is given,
+an integer codebook) keeps them, as i8 values with their scales (``coded_weight``). In ``dynamic=true`` mode, where any
+convolution holds such codes, every convolution is quantized statically (there is no dynamic convolution kernel;
+the others — depthwise, or kept f32 by the weight pass — join the int8 region) when calibration data is given,
 else they stay f32 with a ``LowbitWarning``. Biases: i32 in units of input scale x weight scale; a channel whose
 bias would not fit (a dead channel of tiny weights beside a large folded bias) gets a larger weight scale, as
 onnxruntime's quantizer does (``_fit_bias``). Activations: one scale and zero point per tensor from the
@@ -111,8 +112,8 @@ def _per_channel_i8(w: np.ndarray, axis: int):
 def _fit_bias(op, wq: np.ndarray, wt: TensorType, sw: np.ndarray, x_scale: float, coded):
     """(weights, type, scales) with the scales of channels whose bias would not fit i32 raised
     (``scheme.bias_fitting_scales``) and those channels requantized from their real weights (the f32 weight, or
-    the codes' values): such channels' weights are tiny against their bias, so they become mostly 0. Low-bit
-    codes must stay values of their set, else the layer is refused."""
+    the codes' values, rounded to the nearest value of their set): such channels' weights are tiny against their
+    bias, so they become mostly 0."""
     fit = scheme.bias_fitting_scales(op.operands[2].const_value, x_scale, sw)
     changed = fit != sw
     if not changed.any():
@@ -122,12 +123,16 @@ def _fit_bias(op, wq: np.ndarray, wt: TensorType, sw: np.ndarray, x_scale: float
     shape[axis] = -1
     real = (wq.astype(np.float64) * sw.astype(np.float64).reshape(shape) if coded is not None
             else np.asarray(op.operands[1].const_value, np.float64))
-    lo, hi = scheme.NARROW_I8
-    new = np.clip(np.rint(real / fit.astype(np.float64).reshape(shape)), lo, hi)
+    ratio = real / fit.astype(np.float64).reshape(shape)
+    if coded is None:
+        lo, hi = scheme.NARROW_I8
+        new = np.clip(np.rint(ratio), lo, hi)
+    else:  # the nearest of the codes' own values (a codebook's, or the integer range's)
+        q = coded.type.quant
+        lo, hi = scheme.storage_range(coded.type.dtype, q)
+        values = np.unique(q.codebook if q.codebook is not None else np.arange(lo, hi + 1)).astype(np.float64)
+        new = values[scheme.codebook_codes(ratio, values)]
     wq2 = np.where(changed.reshape(shape), new, wq).astype(np.int8)
-    if coded is not None and not set(np.unique(wq2).tolist()) <= set(np.unique(wq).tolist()) | {0}:
-        raise LowbitError(f"{op.describe()}: the bias does not fit i32 at input scale x weight scale, and the "
-                          "low-bit codes cannot take the larger weight scale it needs")
     return wq2, TensorType(wt.shape, wt.dtype, QuantParams(tuple(map(float, fit)), (0,) * len(fit), axis,
                                                            storage=wt.quant.storage)), fit
 
@@ -183,9 +188,14 @@ class Quantize(Pass):
                                  loc=op.loc, before=op).result
                 graph.replace_all_uses(op.results[0], y)
                 graph.erase(op)
-            targets = [op for op in targets if coded_weight(op) is not None]
-            if targets and ctx.calibration is None:
-                warnings.warn(f"quantize{{dynamic=true}}: {len(targets)} convolution(s) with low-bit weights stay f32 "
+            coded = [op for op in targets if coded_weight(op) is not None]
+            if not coded:
+                return
+            # the low-bit convolutions run on int8 kernels; the other convolutions (depthwise ones, layers a
+            # weight pass kept f32) join them in int8 rather than leave the region for f32 between them
+            targets = [op for op in targets if op.opname == "conv2d"]
+            if ctx.calibration is None:
+                warnings.warn(f"quantize{{dynamic=true}}: {len(coded)} convolution(s) with low-bit weights stay f32 "
                               "(weights dequantized): their activations are quantized statically, which needs "
                               "calibration data (--calib DATA)", LowbitWarning, stacklevel=2)
                 return
