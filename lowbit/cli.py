@@ -15,7 +15,7 @@ import sys
 from . import __version__
 from .errors import LowbitError
 
-PRESET_NAMES = ("O0", "O1", "O2", "int8", "int8-dynamic", "bf16")  # passes.PRESETS, without importing the passes
+PRESET_NAMES = ("O0", "O1", "O2", "int8", "int8-dynamic", "bf16", "w4", "w4a8", "w4a8-apot")  # passes.PRESETS, without importing the passes
 
 
 def _shape_arg(text: str):

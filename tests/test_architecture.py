@@ -259,3 +259,11 @@ def test_int8_stays_float_with_a_warning_where_integer_kernels_would_be_slower(i
     assert "warning" not in p.stderr
     m = json.loads(run_cli("inspect", art, "--json", check_rc=0).stdout)
     assert [k["kernel"] for k in m["kernels"] if k["op"] == "qconv2d"] == ["dot4", "dot4"]
+
+
+def test_cli_names_every_preset():
+    """The CLI lists the presets without importing the passes: the list must be the passes' own."""
+    from lowbit.cli import PRESET_NAMES
+    from lowbit.passes import PRESETS
+
+    assert PRESET_NAMES == tuple(PRESETS)
