@@ -9,6 +9,7 @@ from lowbit.ir import dtypes as dt
 from lowbit.ir.graph import Graph
 from lowbit.ir.types import QuantParams, TensorType
 from test_codegen_ops import cpu_target
+from test_w4 import _run
 
 # kind: (dtype, storage range, zero points drawn from it?)
 KINDS = {"u2": (dt.u8, (0, 3), True),  # quantize-weights{bits=2,symmetric=false}, MatMulNBits 2-bit
@@ -31,19 +32,6 @@ def _graph(lead, k, n, group, kind, per_row=True, bias=True, seed=0):
     g.set_outputs([g.create("qmatmul_dynamic", ops, {"per_row": per_row}).result], ["y"])
     rows = r.normal(0.2, 2, lead + (k,)) * r.uniform(0.05, 20, lead + (1,))  # rows of unlike ranges
     return g, {"x": rows.astype(np.float32)}
-
-
-def _run(g, xs, target):
-    """(the compiled graph's output, the kernel chosen for its op, why the kernels before it were passed over)."""
-    import tvm
-    from tvm import relax
-
-    from lowbit.codegen import build_module
-
-    kernels = []
-    ex = build_module(g, target, kernels=kernels)
-    out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(next(iter(xs.values()))))
-    return out[0].numpy(), kernels[0]["kernel"], kernels[0].get("passed_over", {})
 
 
 CASES = {"gemv-g128": ((1,), 256, 64, 128, "u2"),

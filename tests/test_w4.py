@@ -39,6 +39,7 @@ def _graph(lead, k, n, group, kind, per_row=True, bias=True, seed=0):
 
 
 def _run(g, xs, target):
+    """(the compiled graph's output, the kernel chosen for its op, why the kernels before it were passed over)."""
     import tvm
     from tvm import relax
 
@@ -47,7 +48,7 @@ def _run(g, xs, target):
     kernels = []
     ex = build_module(g, target, kernels=kernels)
     out = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(next(iter(xs.values()))))
-    return out[0].numpy(), kernels[0]["kernel"]
+    return out[0].numpy(), kernels[0]["kernel"], kernels[0].get("passed_over", {})
 
 
 CASES = [((1,), 256, 64, 128, "i4"), ((3,), 200, 40, 32, "u4"), ((2, 5), 128, 48, 64, "u4", False),
@@ -58,7 +59,7 @@ CASES = [((1,), 256, 64, 128, "i4"), ((3,), 200, 40, 32, "u4"), ((2, 5), 128, 48
 @pytest.mark.parametrize("case", CASES, ids=["gemv-g128", "partial-group", "per-tensor", "g16-nobias", "2bit", "apot"])
 def test_grouped_qmatmul_dynamic_bit_exact(case, family, kernel):
     g, xs = _graph(*case)
-    got, chosen = _run(g, xs, cpu_target(family))
+    got, chosen, _ = _run(g, xs, cpu_target(family))
     # 2-bit codes on 4 rows: the lookup kernel where the CPU has AVX-512 BW (tests/test_lut.py), else vnni-w4
     assert chosen == ("lut-w2" if kernel == "vnni-w4" and case[4] == "u2" and cpu_target().has("avx512bw")
                       else kernel)
@@ -90,7 +91,7 @@ def test_matmul_nbits_compiles_onto_the_w4a8_kernel(bits, bs, zp):
     model, a, _ = _model(256, 48, bits, bs, zp=zp, m=2)
     g = lowbit.run_passes(lowbit.load(model), "int8-dynamic")
     assert g.op_counts() == {"const": 1, "qmatmul_dynamic": 1}
-    got, kernel = _run(g, {"x": a}, cpu_target())
+    got, kernel, _ = _run(g, {"x": a}, cpu_target())
     host = cpu_target()
     vnni = "lut-w2" if bits == 2 and host.has("avx512bw") else "vnni-w4"
     assert kernel == (vnni if host.has("avx512_vnni") else "grouped-loops")

@@ -57,14 +57,19 @@ def weight_axis(op) -> int | None:
     return None
 
 
+def _dequantized_const(v):
+    """The constant c of ``v = dequantize(c)``, else None."""
+    d = v.producer
+    return d.operands[0] if d is not None and d.opname == "dequantize" and d.operands[0].is_const else None
+
+
 def grouped_weight(op):
     """The group-wise constant w of ``matmul(x, dequantize(w))`` (w [K, N] grouped along K, x f32), else None."""
     if op.opname != "matmul" or op.operands[0].type.dtype != dt.f32 or op.operands[0].type.rank < 1:
         return None
-    d = op.operands[1].producer
-    if d is None or d.opname != "dequantize" or not d.operands[0].is_const:
+    w = _dequantized_const(op.operands[1])
+    if w is None:
         return None
-    w = d.operands[0]
     q = w.type.quant
     if q is None or q.group is None or q.axis != 1 or w.type.rank != 2:
         return None
@@ -77,12 +82,9 @@ def coded_weight(op):
     points 0), x f32 and any bias constant — what the integer convolution kernels take as i8 values; else None."""
     if op.opname != "conv2d" or op.operands[0].type.dtype != dt.f32:
         return None
-    if len(op.operands) > 2 and not op.operands[2].is_const:
+    w = _dequantized_const(op.operands[1])
+    if w is None or (len(op.operands) > 2 and not op.operands[2].is_const):
         return None
-    d = op.operands[1].producer
-    if d is None or d.opname != "dequantize" or not d.operands[0].is_const:
-        return None
-    w = d.operands[0]
     q = w.type.quant
     if q is None or q.axis != 0 or q.group is not None or any(q.zero_point) or w.type.dtype.kind not in ("int", "uint"):
         return None
