@@ -154,3 +154,17 @@ def test_a_dead_channel_beside_a_large_bias_gets_a_larger_weight_scale(pipeline)
     ref, got = lowbit.interpret(g, calib[0])["y"], lowbit.interpret(out, calib[0])["y"]
     np.testing.assert_allclose(got[0, 2], ref[0, 2], atol=0.03)  # the dead channel is its bias (u8 output steps)
     assert np.abs(got - ref).max() < 0.1 * np.abs(ref).max()
+
+
+def test_presets_on_a_cnn():
+    """w4a8 with calibration data: every convolution integer, from GPTQ's 4-bit codes; w4 leaves them f32 (no f32
+    kernel reads 4-bit convolution codes); w4a8 without data warns and leaves them f32."""
+    g, calib, _ = _cnn()
+    ctx = PassContext(calibration=calib)
+    out = run_pipeline(g, "w4a8", ctx)
+    convs = [op for op in out.ops if op.opname == "qconv2d"]
+    assert len(convs) == 2 and all(len(np.unique(op.operands[1].const_value)) <= 15 for op in convs)
+    assert [(r["op"], r["method"]) for r in weight_report(ctx)] == [("conv2d", "gptq")] * 2
+    assert not any(op.opname == "dequantize" and op.operands[0].is_const for op in run_pipeline(g, "w4").ops)
+    with pytest.warns(LowbitWarning):
+        assert not any(op.opname == "qconv2d" for op in run_pipeline(g, "w4a8", PassContext()).ops)

@@ -30,10 +30,13 @@ PRESETS: dict[str, str] = {
     "int8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{calibrator=mse},lower-qdq,canonicalize,dce",
     "int8-dynamic": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize{dynamic=true},canonicalize,dce",
     "bf16": "canonicalize,fold-constants,fold-batchnorm,fuse,to-bf16,canonicalize,dce",
-    "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
+    # w4: no f32 kernel reads 4-bit convolution codes, so convolutions stay f32 (convs=none)
+    "w4": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true,convs=none},"
           "canonicalize,dce",
-    "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true},"
-            "quantize{dynamic=true,calibrator=mse},lower-qdq,canonicalize,dce",
+    # w4a8: matmuls AWQ + round-to-nearest; convolutions (which AWQ does not scale) GPTQ where calibrated
+    "w4a8": "canonicalize,fold-constants,fold-batchnorm,fuse,quantize-weights{symmetric=false,awq=true,convs=none},"
+            "quantize-weights{method=auto,exclude_ops=[matmul,gemm]},quantize{dynamic=true,calibrator=mse},"
+            "lower-qdq,canonicalize,dce",
     # (not "shift-add": a preset by a pass's name would hide the pass without options)
     "w4a8-apot": "canonicalize,fold-constants,fold-batchnorm,fuse,shift-add{scheme=apot,group=128,method=auto},"
                  "quantize{dynamic=true,calibrator=mse},lower-qdq,canonicalize,dce",
