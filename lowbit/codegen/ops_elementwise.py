@@ -17,8 +17,14 @@ _UN = {"sigmoid": "sigmoid", "tanh": "tanh", "exp": "exp", "log": "log", "sqrt":
        "sign": "sign", "not": "logical_not"}
 
 
+_COMPARE = ("equal", "less", "greater", "less_equal", "greater_equal")
+
+
 @rule(*_BIN, layout_agnostic=True)
 def _binary(L: Lowerer, op: Op, a, b):
+    if op.opname in _COMPARE and op.operands[0].type.dtype == dt.boolean:
+        # TVM 0.27's LLVM codegen compares bools as floats (an invalid fcmp on i1): compare them as int8
+        a, b = L.emit(L.R.astype(a, "int8")), L.emit(L.R.astype(b, "int8"))
     return getattr(L.R, _BIN[op.opname])(a, b)
 
 
@@ -168,6 +174,8 @@ def _where(L, op, c, a, b):
 def _cast(L, op, x):
     to = op.attrs["to"]
     if to == dt.boolean:
+        if op.operands[0].type.dtype == dt.boolean:
+            return x  # (not_equal on bools is an invalid fcmp in TVM 0.27's LLVM codegen)
         return L.R.not_equal(x, L.scalar(0, np_dtype(op.operands[0].type)))
     if to.name.startswith("f8") or to in (dt.i4, dt.u4):
         raise LowbitError(f"{op.describe()}: codegen of casts to {to.name} is not implemented")
