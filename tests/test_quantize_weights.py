@@ -304,7 +304,7 @@ def test_encoder_w4_with_calibration_keeps_cosine():
 def test_awq_scaling_lowers_the_error_on_outlier_channels():
     """AWQ: input channels with outlying activations get their weight rows scaled up before rounding (and the
     input divided, an f32 mul before the matmul); on held-out inputs the error falls well below plain RTN's, and
-    the chosen alpha is recorded."""
+    the chosen alpha is recorded (the clip search off, so that the scaling alone is measured)."""
     r = np.random.default_rng(0)
     k, n = 256, 64
     g = Graph("l")
@@ -318,10 +318,36 @@ def test_awq_scaling_lowers_the_error_on_outlier_channels():
     errs = {}
     for awq in (False, True):
         ctx = PassContext(calibration=calib)
-        q = lowbit.run_passes(g, f"quantize-weights{{method=rtn,awq={str(awq).lower()}}}", ctx=ctx)
+        q = lowbit.run_passes(g, f"quantize-weights{{method=rtn,clip=false,awq={str(awq).lower()}}}", ctx=ctx)
         errs[awq] = np.linalg.norm(lowbit.interpret(q, test)["y"] - ref) / np.linalg.norm(ref)
         assert ("mul" in q.op_counts()) == awq
         assert (ctx.weight_report[0].get("awq_alpha") or 0) > 0 or not awq
     assert errs[True] < 0.8 * errs[False], errs
     with pytest.warns(LowbitWarning, match="no AWQ scaling"):
         assert "mul" not in lowbit.run_passes(g, "quantize-weights{awq=true}").op_counts()
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_clip_search_lowers_the_calibration_error(method, symmetric):
+    """clip (on by default with calibration data): each group's range is shrunk where that lowers its output
+    error on the calibration inputs, so round-to-nearest's recorded error falls below the plain min/max grid's
+    (GPTQ's own error feedback already absorbs much of what clipping gains: there it must not do worse); the
+    scales of a clipped grid are smaller, never larger."""
+    r = np.random.default_rng(3)
+    k, n = 256, 48
+    g = Graph("l")
+    x = g.add_input("x", TensorType((64, k), dt.f32))
+    w = r.standard_t(4, (k, n)).astype(np.float32) * 0.05  # heavy tails: a few weights stretch the range
+    g.set_outputs([g.create("matmul", [x, g.const(w)]).result], ["y"])
+    calib = [{"x": r.normal(0, 1, (64, k)).astype(np.float32)} for _ in range(4)]
+    errs, scales = {}, {}
+    for clip in (False, True):
+        ctx = PassContext(calibration=calib)
+        q = lowbit.run_passes(g, f"quantize-weights{{method={method},group=64,symmetric={str(symmetric).lower()},"
+                                 f"clip={str(clip).lower()}}}", ctx=ctx)
+        errs[clip] = ctx.weight_report[0]["rel_error"]
+        scales[clip] = _weight_const(q)[1].quant.scale_array()
+    assert errs[True] < (0.95 if method == "rtn" else 1.0) * errs[False], errs
+    if method == "rtn":
+        assert np.all(scales[True] <= scales[False])

@@ -34,6 +34,11 @@ per channel along axis 0. AWQ does not scale convolutions. The static ``quantize
 kernels with these codes as their i8 values, which the artifact stores as 4-bit codes; left with f32 activations,
 they are stored f32 (codegen warns).
 
+``clip`` (with calibration data; true by default): each group's range is shrunk per output column by the factor
+of 1, 0.975, ..., 0.5 that gives the least output error on the calibration inputs (AWQ's clip search,
+``lowbit.quant.gptq.group_params``), for round-to-nearest and for GPTQ (as each group starts); ``clip=false`` is
+the plain min/max grid. AWQ's scale search itself compares plain grids, as the reference does.
+
 ``max_error`` (with calibration data; 0, the default, is no limit): a layer whose relative output error passes it
 keeps its f32 weight (``fallback`` in its record), for a later ``quantize`` pass to make int8 or to stay f32.
 
@@ -177,6 +182,7 @@ class QuantizeWeights(Pass):
     awq: bool = False
     convs: str = "dense"
     max_error: float = 0.0
+    clip: bool = True
 
     def __post_init__(self):
         if self.bits not in qw.BITS:
@@ -230,9 +236,9 @@ class QuantizeWeights(Pass):
         group = layer_group(op, w, self.group)
         symmetric = self.symmetric or op.opname == "conv2d"
         if layer_method(op, method) == "rtn" or xtx is None:
-            return qw.rtn(w, self.bits, group, symmetric)
+            return qw.rtn(w, self.bits, group, symmetric, xtx if self.clip else None)
         return qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, group, symmetric, self.damp, self.block,
-                       what=op.describe())
+                       what=op.describe(), clip=self.clip)
 
     def _awq_scales(self, op, w: np.ndarray, xtx: np.ndarray, n: int):
         """(alpha, per-input-channel scales or None for alpha 0) minimizing the layer's output error with

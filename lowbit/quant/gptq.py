@@ -14,7 +14,9 @@ The grid (``storage``):
   ``hi = max(max w, 0)``, ``scale = (hi - lo) / (2^b - 1)``, ``zero point = round(-lo / scale)``: 4 bits are
   ``u4``, 8 bits ``u8``, other widths ``u8`` with ``range=0:2^b-1`` (as MatMulNBits' 2-bit weights import).
 
-Scales are rounded to f32 once (what the IR stores); a group of zeros gets scale 1, zero point 0.
+Scales are rounded to f32 once (what the IR stores); a group of zeros gets scale 1, zero point 0. Where calibration
+data is at hand the range may be clipped first (``group_params`` with ``h``: the shrink factor of ``CLIP`` with
+the least output error per group and column, AWQ's ``auto_clip``).
 
 ``rtn`` rounds every weight to the nearest level (``scheme.quantize_array``). ``gptq`` is the reference
 implementation's ``fasterquant`` (github.com/IST-DASLab/gptq, ``gptq.py``, with ``groupsize``; no act-order,
@@ -36,6 +38,7 @@ from ..ir.types import QuantParams, TensorType
 from . import scheme
 
 BITS = range(2, 9)
+CLIP = tuple(float(x) for x in np.round(1.0 - 0.025 * np.arange(21), 3))  # 1, 0.975, ..., 0.5: AWQ's clip grid
 
 
 def storage(bits: int, symmetric: bool) -> tuple:
@@ -50,20 +53,49 @@ def storage(bits: int, symmetric: bool) -> tuple:
     return dtype, (None if bits in (4, 8) else (0, top)), (0, top)
 
 
-def group_params(w: np.ndarray, bits: int, symmetric: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(f32 scales [N], i64 zero points [N]) of one group: ``w`` is its rows, [rows, N]."""
+def group_params(w: np.ndarray, bits: int, symmetric: bool,
+                 h: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(f32 scales [N], i64 zero points [N]) of one group: ``w`` is its rows, [rows, N]. With ``h`` (the group's
+    [rows, rows] block of XᵀX) the range of each column is shrunk by the factor of ``CLIP`` that gives the least
+    output error ``dᵀ h d`` (``d`` the column's rounding error): AWQ's clip search, on the calibration inputs'
+    XᵀX instead of sampled rows; factor 1 is the plain range, so it never does worse on ``h``."""
     w = np.asarray(w, np.float64)
+    if h is None:
+        return _range_params(w, bits, symmetric, 1.0)
+    best_err, best = None, None
+    for p in CLIP:
+        s, zp = _range_params(w, bits, symmetric, p)
+        d = _dequantized(w, s, zp, bits, symmetric) - w
+        err = np.sum(d * (h @ d), axis=0)
+        if best is None:
+            best_err, best = err, (s, zp)
+        else:
+            better = err < best_err
+            best_err = np.where(better, err, best_err)
+            best = (np.where(better, s, best[0]), np.where(better, zp, best[1]))
+    return best[0].astype(np.float32), best[1].astype(np.int64)
+
+
+def _range_params(w: np.ndarray, bits: int, symmetric: bool, shrink: float) -> tuple[np.ndarray, np.ndarray]:
+    """The grid of ``storage`` over the range of ``w``'s columns times ``shrink``."""
     if symmetric:
         top = (1 << (bits - 1)) - 1
-        amax = np.max(np.abs(w), axis=0)
+        amax = np.max(np.abs(w), axis=0) * shrink
         s = np.where(amax > 0, amax / top, 1.0).astype(np.float32)
         return s, np.zeros(w.shape[1], np.int64)
     top = (1 << bits) - 1
-    lo = np.minimum(w.min(axis=0), 0.0)
-    hi = np.maximum(w.max(axis=0), 0.0)
+    lo = np.minimum(w.min(axis=0), 0.0) * shrink
+    hi = np.maximum(w.max(axis=0), 0.0) * shrink
     s = np.where(hi > lo, (hi - lo) / top, 1.0).astype(np.float32)
     zp = np.clip(np.rint(-lo / s.astype(np.float64)), 0, top).astype(np.int64)
     return s, zp
+
+
+def _dequantized(w: np.ndarray, s: np.ndarray, zp: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+    """``w`` rounded to the grid (``s``, ``zp``) per column and dequantized, f64."""
+    lo, hi = storage(bits, symmetric)[2]
+    s64 = s.astype(np.float64)
+    return (np.clip(np.rint(w / s64) + zp, lo, hi) - zp) * s64
 
 
 def weight_type(shape, scales: np.ndarray, zero_points: np.ndarray, bits: int, symmetric: bool,
@@ -75,11 +107,15 @@ def weight_type(shape, scales: np.ndarray, zero_points: np.ndarray, bits: int, s
     return TensorType(tuple(shape), dtype, q)
 
 
-def rtn(w: np.ndarray, bits: int, group: int, symmetric: bool) -> tuple[np.ndarray, TensorType]:
-    """(stored integers [K, N], their type): every weight rounded to the nearest level of its group."""
+def rtn(w: np.ndarray, bits: int, group: int, symmetric: bool,
+        xtx: np.ndarray | None = None) -> tuple[np.ndarray, TensorType]:
+    """(stored integers [K, N], their type): every weight rounded to the nearest level of its group; with ``xtx``
+    (XᵀX [K, K] of the calibration inputs) each group's range clipped where that lowers its output error
+    (``group_params``)."""
     w = np.asarray(w, np.float32)
     k = w.shape[0]
-    params = [group_params(w[g:g + group], bits, symmetric) for g in range(0, k, group)]
+    params = [group_params(w[g:g + group], bits, symmetric, None if xtx is None else xtx[g:g + group, g:g + group])
+              for g in range(0, k, group)]
     t = weight_type(w.shape, np.stack([p[0] for p in params]), np.stack([p[1] for p in params]), bits, symmetric,
                     group)
     return scheme.quantize_array(w, t), t
@@ -141,8 +177,9 @@ def columns(w: np.ndarray, h: np.ndarray, group: int, damp: float, block: int, w
 
 
 def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, damp: float = 0.01,
-         block: int = 128, what: str = "") -> tuple[np.ndarray, TensorType]:
-    """(stored integers [K, N], their type): GPTQ of the [K, N] weight ``w`` given ``h`` = 2 XᵀX / n [K, K]."""
+         block: int = 128, what: str = "", clip: bool = False) -> tuple[np.ndarray, TensorType]:
+    """(stored integers [K, N], their type): GPTQ of the [K, N] weight ``w`` given ``h`` = 2 XᵀX / n [K, K];
+    ``clip``: each group's range clipped by ``group_params``' search on its block of ``h`` as the group starts."""
     k, n_out = np.shape(w)
     lo, hi = storage(bits, symmetric)[2]
     n_groups = -(-k // group)
@@ -150,7 +187,9 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, d
     zps = np.zeros((n_groups, n_out), np.int64)
 
     def start_group(gi, cols):
-        scales[gi], zps[gi] = group_params(cols, bits, symmetric)
+        g0 = gi * group
+        hg = h[g0:g0 + group, g0:g0 + group] if clip else None
+        scales[gi], zps[gi] = group_params(cols, bits, symmetric, hg)
         return scales[gi].astype(np.float64), zps[gi]
 
     def code(x, state):
@@ -172,5 +211,5 @@ def relative_error(w: np.ndarray, w_hat: np.ndarray, xtx: np.ndarray) -> float:
     return float(np.sqrt(max(err, 0.0) / ref)) if ref > 0 else (0.0 if err <= 0 else float("inf"))
 
 
-__all__ = ["BITS", "storage", "group_params", "weight_type", "rtn", "hessian", "inverse_cholesky", "columns", "gptq",
+__all__ = ["BITS", "CLIP", "storage", "group_params", "weight_type", "rtn", "hessian", "inverse_cholesky", "columns", "gptq",
            "relative_error"]
