@@ -84,7 +84,7 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
         from .quant.calibrate import load_samples
 
         samples = load_samples(calibration, source)
-    ctx = PassContext(calibration=samples)
+    ctx = PassContext(calibration=samples, progress=prog.tick)
     with prog.step(f"running passes ({str(passes) or 'none'})"):
         graph = run_pipeline(source, passes, ctx)
     return Prepared(graph, source, passes, samples, list(getattr(ctx, "weight_report", None) or []))

@@ -351,3 +351,26 @@ def test_clip_search_lowers_the_calibration_error(method, symmetric):
     assert errs[True] < (0.95 if method == "rtn" else 1.0) * errs[False], errs
     if method == "rtn":
         assert np.all(scales[True] <= scales[False])
+
+
+def test_calibrated_weight_passes_report_progress_per_layer(monkeypatch):
+    """A calibrated weight pass says how many layers it has done (``Progress.tick``): in a file one line per tick
+    (at most every TICK_EVERY_S seconds), and the step still ends with its 'done'."""
+    import io
+
+    from lowbit import progress
+    from lowbit.compiler import prepare
+
+    monkeypatch.setattr(progress, "TICK_EVERY_S", 0.0)
+    r = np.random.default_rng(1)
+    g = Graph("two")
+    x = g.add_input("x", TensorType((8, 64), dt.f32))
+    h = g.create("matmul", [x, g.const(r.normal(0, 0.1, (64, 64)).astype(np.float32))]).result
+    g.set_outputs([g.create("matmul", [h, g.const(r.normal(0, 0.1, (64, 32)).astype(np.float32))]).result], ["y"])
+    calib = [{"x": r.normal(0, 1, (8, 64)).astype(np.float32)} for _ in range(2)]
+    for pipeline in ("quantize-weights{method=gptq,group=32}", "shift-add{group=32}"):
+        out = io.StringIO()
+        prepare(g, pipeline, calibration=calib, progress=progress.Progress(True, out))
+        name = pipeline.split("{")[0]
+        text = out.getvalue()
+        assert f"\n  {name}: layer 1/2\n  {name}: layer 2/2 done (" in text, text

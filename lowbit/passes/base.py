@@ -185,6 +185,8 @@ class PassContext:
     timing: collect per-pass wall time in ``timings`` (always collected; ``timing`` also prints them).
     debug_rewrites: print every rewrite rule that matched but declined, with its reason.
     calibration: data for passes that need it (quantization), never read from globals.
+    progress: where a slow pass says how far it is (a callable taking one line of text, e.g. ``Progress.tick``),
+        or None.
     """
 
     verify_each: bool = True
@@ -192,12 +194,18 @@ class PassContext:
     timing: bool = False
     debug_rewrites: bool = False
     calibration: object = None
+    progress: object = None
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     timings: list = field(default_factory=list)
     rule_hits: dict = field(default_factory=dict)
 
     def log(self, msg: str) -> None:
         print(msg, file=self.stream)
+
+    def tick(self, text: str) -> None:
+        """Report how far a slow pass is (to ``progress``, if any)."""
+        if self.progress is not None:
+            self.progress(text)
 
 
 def run_pipeline(graph: Graph, pipeline, ctx: PassContext | None = None) -> Graph:

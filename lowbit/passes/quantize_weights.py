@@ -212,7 +212,7 @@ class QuantizeWeights(Pass):
         else:
             from ..quant.calibrate import load_samples
 
-            done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method)
+            done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method, ctx)
         rows = weight_report(ctx)
         kept = 0
         for op in targets:
@@ -242,21 +242,23 @@ class QuantizeWeights(Pass):
 
     def _awq_scales(self, op, w: np.ndarray, xtx: np.ndarray, n: int):
         """(alpha, per-input-channel scales or None for alpha 0) minimizing the layer's output error with
-        round-to-nearest, over alpha in 0, 0.05, ..., 1 (AWQ's grid search; rms(x) from the diagonal of XᵀX)."""
+        round-to-nearest, over alpha in 0, 0.05, ..., 1 (AWQ's grid search; rms(x) from the diagonal of XᵀX).
+        The candidates are compared by their error energy ``dᵀ XᵀX d`` in f32 (``qw.error_energy``)."""
         rms = np.sqrt(np.maximum(np.diag(xtx) / max(n, 1), 0.0))
         if not np.all(rms > 0):
             return None, None
-        best = (qw.relative_error(w, scheme.dequantize_array(*self._quantize(op, w, None, n, "rtn")), xtx), 0.0, None)
+        x32 = xtx.astype(np.float32)
+        best = (qw.error_energy(w, scheme.dequantize_array(*self._quantize(op, w, None, n, "rtn")), x32), 0.0, None)
         for alpha in np.linspace(0.05, 1.0, 20):
             s = rms ** alpha
             s = s / np.sqrt(s.max() * s.min())
             q, t = self._quantize(op, (w * s[:, None]).astype(np.float32), None, n, "rtn")
-            err = qw.relative_error(w, scheme.dequantize_array(q, t) / s[:, None], xtx)
+            err = qw.error_energy(w, scheme.dequantize_array(q, t) / s[:, None], x32)
             if err < best[0]:
                 best = (err, float(round(alpha, 2)), s)
         return best[1], best[2]
 
-    def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
+    def _calibrated(self, graph: Graph, samples: list, targets: list, method: str, ctx: PassContext) -> dict:
         """{id(op): (integers, type, relative error, AWQ alpha, AWQ input factors)} (``calibrated_layers``); the
         integers None where the error passes ``max_error`` (the layer then computes with its f32 weight)."""
         def layer(op, w, xtx, n):
@@ -278,7 +280,7 @@ class QuantizeWeights(Pass):
             if self.max_error and err is not None and err > self.max_error:
                 return (None, None, err, alpha, None), w, None
             return (q, t, err, alpha, inv), w_hat, inv
-        return calibrated_layers(graph, samples, targets, layer)
+        return calibrated_layers(graph, samples, targets, layer, tick=lambda s: ctx.tick(f"{self.name}: {s}"))
 
 
 def layer_method(op, method: str) -> str:
@@ -286,7 +288,7 @@ def layer_method(op, method: str) -> str:
     return "rtn" if op.opname == "conv2d" and op.attrs["groups"] != 1 else method
 
 
-def calibrated_layers(graph: Graph, samples: list, targets: list, layer) -> dict:
+def calibrated_layers(graph: Graph, samples: list, targets: list, layer, tick=None) -> dict:
     """{id(op): what ``layer`` returned first} for every target: the samples run through the graph op by op, and
     each target, when reached, is handed ``(op, w, XᵀX, n)`` of its inputs there (``target_weight``, ``_input_rows``)
     and returns ``(result, weight, x_factor)``: the weight [K, N] the rewritten graph multiplies by and a factor per
@@ -310,6 +312,8 @@ def calibrated_layers(graph: Graph, samples: list, targets: list, layer) -> dict
             rows = [_input_rows(op, env[id(op.operands[0])]) for env in envs]
             xtx, n = qw.hessian(rows) if all(r is not None for r in rows) else (None, 0)
             done[id(op)], weight, factor = layer(op, target_weight(op)[0], xtx, n)
+            if tick is not None:
+                tick(f"layer {len(done)}/{len(targets)}")
             if op.opname == "gemm" and op.attrs["trans_b"]:
                 weight = weight.T
             elif op.opname == "conv2d":

@@ -85,7 +85,7 @@ class ShiftAdd(Pass):
         else:
             from ..quant.calibrate import load_samples
 
-            done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method)
+            done = self._calibrated(graph, load_samples(ctx.calibration, graph), targets, method, ctx)
         rows = qwp.weight_report(ctx)
         for op in targets:
             q, t, rec = done[id(op)]
@@ -127,9 +127,9 @@ class ShiftAdd(Pass):
                "errors": {k: round(v, 6) for k, v in measure.items()} if self.fallback else None}
         return q, t, rec, w_hat
 
-    def _calibrated(self, graph: Graph, samples: list, targets: list, method: str) -> dict:
+    def _calibrated(self, graph: Graph, samples: list, targets: list, method: str, ctx) -> dict:
         """{id(op): (q, type, report fields)} in quantize-weights' sequential order (``calibrated_layers``)."""
         def layer(op, w, xtx, n):
             q, t, rec, w_hat = self._choose(op, w, xtx, n, method)
             return (q, t, rec), w_hat, None
-        return qwp.calibrated_layers(graph, samples, targets, layer)
+        return qwp.calibrated_layers(graph, samples, targets, layer, tick=lambda s: ctx.tick(f"{self.name}: {s}"))
