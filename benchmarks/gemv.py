@@ -256,6 +256,7 @@ def main(argv=None) -> int:
             per_round = max(1, -(-a.runs // a.rounds))
             for _ in range(a.rounds):
                 for name, fn in fns.items():
+                    time.sleep(0.05)  # the previous contestant's worker threads (onnxruntime's spin) go idle
                     fn()
                     for _ in range(per_round):
                         flush()
