@@ -64,10 +64,10 @@ def group_params(w: np.ndarray, bits: int, symmetric: bool,
         return _range_params(w, bits, symmetric, 1.0)
     best_err, best = None, None
     h32 = np.asarray(h, np.float32)
+    lo, hi = storage(bits, symmetric)[2]
     for p in CLIP:
         s, zp = _range_params(w, bits, symmetric, p)
-        d = (_dequantized(w, s, zp, bits, symmetric) - w).astype(np.float32)
-        err = np.sum(d * (h32 @ d), axis=0, dtype=np.float64)
+        err = _column_energy(_rounded(w, s.astype(np.float64), zp, lo, hi)[1] - w, h32)
         if best is None:
             best_err, best = err, (s, zp)
         else:
@@ -92,11 +92,17 @@ def _range_params(w: np.ndarray, bits: int, symmetric: bool, shrink: float) -> t
     return s, zp
 
 
-def _dequantized(w: np.ndarray, s: np.ndarray, zp: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
-    """``w`` rounded to the grid (``s``, ``zp``) per column and dequantized, f64."""
-    lo, hi = storage(bits, symmetric)[2]
-    s64 = s.astype(np.float64)
-    return (np.clip(np.rint(w / s64) + zp, lo, hi) - zp) * s64
+def _rounded(w: np.ndarray, s64: np.ndarray, zp: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes i64, their dequantized values f64) of ``w`` on the grid (f64 scales ``s64``, zero points ``zp``,
+    integer range ``lo..hi``), per column: GPTQ's quantizer."""
+    q = np.clip(np.rint(w / s64) + zp, lo, hi).astype(np.int64)
+    return q, (q - zp) * s64
+
+
+def _column_energy(d: np.ndarray, x32: np.ndarray) -> np.ndarray:
+    """``dᵀ XᵀX d`` per column of ``d`` [K, N] (f64 sums of an f32 product; ``x32`` = XᵀX in f32)."""
+    d = np.asarray(d, np.float32)
+    return np.sum(d * (x32 @ d), axis=0, dtype=np.float64)
 
 
 def weight_type(shape, scales: np.ndarray, zero_points: np.ndarray, bits: int, symmetric: bool,
@@ -194,9 +200,7 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, d
         return scales[gi].astype(np.float64), zps[gi]
 
     def code(x, state):
-        s64, zp = state
-        qi = np.clip(np.rint(x / s64) + zp, lo, hi).astype(np.int64)
-        return qi, (qi - zp) * s64
+        return _rounded(x, *state, lo, hi)
     q = columns(w, h, group, damp, block, what, start_group, code)
     t = weight_type((k, n_out), scales, zps, bits, symmetric, group)
     return np.ascontiguousarray(q.T).astype(t.dtype.np_dtype), t
@@ -215,8 +219,7 @@ def relative_error(w: np.ndarray, w_hat: np.ndarray, xtx: np.ndarray) -> float:
 def error_energy(w: np.ndarray, w_hat: np.ndarray, x32: np.ndarray) -> float:
     """``‖X·(Ŵ − W)‖²`` from ``x32`` = XᵀX in f32: what a search compares its candidates by (one f32 matmul, a
     quarter of ``relative_error``'s cost)."""
-    d = np.asarray(w_hat, np.float32) - np.asarray(w, np.float32)
-    return float(np.sum(d * (x32 @ d), dtype=np.float64))
+    return float(_column_energy(np.asarray(w_hat, np.float32) - np.asarray(w, np.float32), x32).sum())
 
 
 __all__ = ["BITS", "CLIP", "storage", "group_params", "weight_type", "rtn", "hessian", "inverse_cholesky", "columns",
