@@ -13,6 +13,7 @@ import re
 import sys
 
 from . import __version__
+from ._startup import keep_torch_from_tvm
 from .errors import LowbitError
 
 PRESET_NAMES = ("O0", "O1", "O2", "int8", "int8-dynamic", "bf16", "w4", "w4a8", "w4a8-apot")  # passes.PRESETS, without importing the passes
@@ -406,6 +407,9 @@ def _warnings_as_lines():
 
 def main(argv=None) -> int:
     import warnings
+
+    if argv is None:  # a process of its own (the console script): start faster
+        keep_torch_from_tvm()
 
     parser = build_parser()
     args = parser.parse_args(argv)

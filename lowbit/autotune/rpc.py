@@ -783,4 +783,7 @@ __all__ = ["Job", "Result", "MeasurementLost", "MeasurementError", "RPCMeasurer"
            "start_tracker", "wait_for_servers", "tracker_summary", "parse_address"]
 
 if __name__ == "__main__":
+    from .._startup import keep_torch_from_tvm
+
+    keep_torch_from_tvm()
     sys.exit(main_rpc_server())
