@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
+from ..ir import dtypes as dt
 from ..ir.graph import Graph
 from .base import Pass, PassContext, register_pass
 from .quantize import weight_axis
@@ -46,7 +46,7 @@ class Bf16(Pass):
             w = op.operands[1].const_value.astype(np.float32)
             if op.opname == "gemm" and op.attrs["trans_b"]:  # [N, K] -> [K, N]
                 w = np.ascontiguousarray(w.T)
-            operands = [op.operands[0], graph.const(w.astype(ml_dtypes.bfloat16), loc=op.loc, before=op)]
+            operands = [op.operands[0], graph.const(w.astype(dt.bf16.np_dtype), loc=op.loc, before=op)]
             if len(op.operands) > 2:
                 b = op.operands[2].const_value.astype(np.float32).reshape(-1)
                 if op.opname == "gemm" and b.size == 1:  # gemm's C broadcasts: one value per column
