@@ -48,7 +48,8 @@ def test_cli_compile_run_matches_onnxruntime(zoo_dir, artifacts, tmp_path, name)
 
 
 def test_python_api_matches_onnxruntime(zoo_dir, tmp_path):
-    for name in ("mobilenet_v3_like", "encoder", "qdq_cnn"):
+    # one model: the fixture above compiles every zoo model through the CLI, which calls the same API
+    for name in ("qdq_cnn",):
         g = lowbit.load(zoo_dir / f"{name}.onnx", shapes=zoo.SHAPES.get(name))
         art = lowbit.compile(g, target="cpu", pipeline="O2")
         art.save(tmp_path / f"{name}.lbit")
