@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ..ir import dtypes as dt
-from . import ops_amx, ops_bf16, ops_int, ops_lut, ops_vnni, ops_w4, vnni, w4f
+from . import ops_amx, ops_bf16, ops_int, ops_lut, ops_sparse, ops_vnni, ops_w4, vnni, w4f
 from .lowering import RULES, np_dtype
 
 
@@ -213,6 +213,7 @@ AMX_BF16 = _feature("amx_bf16")
 AVX512_BF16 = _feature("avx512_bf16")
 VNNI = _feature("avx512_vnni")
 AVX_VNNI = _feature("avx_vnni")
+VBMI2 = _feature("avx512_vbmi2")  # vpexpandb: the sparse kernel's decode
 YMM = vnni.VPDPBUSD_256
 
 
@@ -261,6 +262,8 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("generic", lambda L, op: None, ops_int.qmatmul),
     ],
     "qmatmul_dynamic": [
+        Kernel("vnni-sparse", _all(_not_grouped, VNNI, VBMI2, _const_bias, ops_sparse.gain_reason),
+               lambda L, op: ops_sparse.qmatmul_dynamic(L, op, op.attrs["per_row"])),
         Kernel("lut-w2", _all(_grouped, VNNI, _const_bias, _bit_planes), ops_lut.qmatmul_dynamic_lut),
         Kernel("vnni-w4", _all(_grouped, VNNI, _const_bias, _nibbles),
                lambda L, op: ops_w4.qmatmul_dynamic_vnni(L, op, op.attrs["per_row"])),

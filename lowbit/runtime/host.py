@@ -17,8 +17,9 @@ import platform
 _AVX512 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd"}
 # LLVM CPU names lowbit targets, with the /proc/cpuinfo flags code built for them needs, best first.
 MCPU_FLAGS = {
-    "sapphirerapids": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16"},
-    "znver4": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_bf16"},
+    "sapphirerapids": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512_bf16", "amx_tile", "amx_int8",
+                                 "amx_bf16"},
+    "znver4": _AVX512 | {"avx512_vnni", "avx512vbmi", "avx512_vbmi2", "avx512_bf16"},
     "cascadelake": _AVX512 | {"avx512_vnni"},
     "skylake-avx512": set(_AVX512),
     "alderlake": {"avx2", "fma", "avx_vnni"},
@@ -28,13 +29,14 @@ MCPU_FLAGS = {
 # LLVM target features (``mattr`` entries, without the sign) and the cpuinfo flag each one is.
 MATTR_FLAGS = {
     "amx-int8": "amx_int8", "amx-bf16": "amx_bf16", "amx-tile": "amx_tile", "avx512vnni": "avx512_vnni",
-    "avx512bf16": "avx512_bf16", "avx512vbmi": "avx512vbmi", "avx512f": "avx512f", "avx512bw": "avx512bw",
+    "avx512bf16": "avx512_bf16", "avx512vbmi": "avx512vbmi", "avx512vbmi2": "avx512_vbmi2",
+    "avx512f": "avx512f", "avx512bw": "avx512bw",
     "avx512vl": "avx512vl", "avx512dq": "avx512dq", "avx512cd": "avx512cd", "avxvnni": "avx_vnni",
     "avx2": "avx2", "fma": "fma",
 }
 # features whose absence removes the ones that build on them (turning off AVX-512 turns off VNNI-512 too)
 _IMPLIED_BY = {"avx512f": {"avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx512_vnni", "avx512vbmi",
-                           "avx512_bf16"},
+                           "avx512_vbmi2", "avx512_bf16"},
                "amx_tile": {"amx_int8", "amx_bf16"}, "avx2": {"avx_vnni"}}
 
 

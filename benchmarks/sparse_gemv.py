@@ -1,0 +1,155 @@
+"""Sparse int8 GEMV: lowbit's ``vnni-sparse`` kernel (masks + packed nonzeros, vpexpandb) against lowbit's dense
+int8 kernel, batch 1, weights cache-cold, effective bandwidth against the read bandwidth measured in the same run.
+
+    python benchmarks/sparse_gemv.py [--shapes 1024x2816,4096x11008] [--ratios 0.5,0.7,0.9,2:4] [--threads 2]
+                                     [--runs 30] [--rounds 10] [--m 1] [--json out.json]
+
+Per shape K x N, contestants (each R qmatmul_dynamic by i8 per-column [K, N] weights reading one input, R chosen
+so a call streams at least 8 MB of its own format):
+
+- ``dense``: random i8 weights without an encoding (the ``vnni-rows`` kernel, as ``benchmarks/gemv.py``'s int8);
+- ``sparse r``: the same kind of weights with a fraction r of zeros at random places, typed ``sparse<r>``;
+- ``2:4``: two zeros in every 4 consecutive k, typed ``nm<2:4>`` (50 % zero bytes in the format).
+
+The method is ``benchmarks/gemv.py``'s: before every timed call a read of twice the last-level cache evicts the
+weights; medians of the timed calls, spread over rounds in which the contestants alternate, in one process.
+Printed per contestant: microseconds per GEMV, effective GB/s (the bytes the kernel streams per GEMV — the dense
+int8 weight, or the sparse format's nonzeros, masks and starts — over its time), the fraction of the read
+bandwidth, and dense time / sparse time (issue 17's bar: 1.3x at 50 % zeros, 1.8x at 70 %).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from gemv import _lowbit_fn, read_bandwidth  # noqa: E402
+
+STREAM_BYTES = 8 << 20  # at least this much weight per timed call
+
+
+def _sparse_weight(k: int, n: int, ratio: str, rng) -> tuple[np.ndarray, object]:
+    """(a [K, N] i8 weight, its encoding) for ``ratio`` "0.5" (that fraction of zeros, at random) or "2:4"."""
+    from lowbit.ir.types import Encoding
+
+    w = (rng.integers(1, 128, (k, n)) * rng.choice(np.array([-1, 1]), (k, n))).astype(np.int8)
+    if ratio == "dense":
+        return rng.integers(-127, 128, (k, n)).astype(np.int8), None
+    if ":" in ratio:
+        nn, mm = (int(v) for v in ratio.split(":"))
+        kr = -(-k // mm) * mm
+        runs = np.pad(w, ((0, kr - k), (0, 0))).reshape(kr // mm, mm, n)
+        drop = np.argsort(rng.random(runs.shape), axis=1)[:, : mm - nn]  # mm - nn random places of every run
+        np.put_along_axis(runs, drop, 0, axis=1)
+        return runs.reshape(kr, n)[:k], Encoding("nm", (nn, mm))
+    r = float(ratio)
+    w.reshape(-1)[rng.permutation(k * n)[:int(np.ceil(r * k * n - 1e-9))]] = 0
+    return w, Encoding.sparse(r)
+
+
+def layer_graph(k: int, n: int, ratio: str, m: int, seed: int):
+    """(graph of R qmatmul_dynamic by ``ratio``'s weights on one input, bytes the kernel streams per GEMV, R)."""
+    from lowbit.codegen import sparse
+    from lowbit.ir import dtypes as dt
+    from lowbit.ir.graph import Graph
+    from lowbit.ir.types import QuantParams, TensorType
+
+    rng = np.random.default_rng(seed)
+    kp = (k + 3) // 4 * 4
+    g = Graph(f"gemv_{ratio.replace(':', '_').replace('.', '_')}")
+    x = g.add_input("A", TensorType((m, k), dt.f32))
+    outs, per, copies = [], None, None
+    while copies is None or len(outs) < copies:
+        w, enc = _sparse_weight(k, n, ratio, rng)
+        if per is None:
+            per = k * n + 4 * n if enc is None else sparse.stored_bytes(w, kp)[0]  # (+ the f32 scales for dense)
+            copies = max(1, -(-STREAM_BYTES // per))
+        sw = tuple(map(float, rng.uniform(0.001, 0.01, n).astype(np.float32)))
+        wc = g.const(w, type=TensorType((k, n), dt.i8, QuantParams(sw, (0,) * n, 1, storage=(-127, 127)), enc))
+        outs.append(g.create("qmatmul_dynamic", [x, wc], {"per_row": True}).result)
+    g.set_outputs(outs, [f"Y{i}" for i in range(copies)])
+    return g, per, copies
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", default="1024x2816,4096x11008", help="K x N, comma-separated")
+    p.add_argument("--ratios", default="0.5,0.7,0.9,2:4", help="fractions of zeros, or N:M")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=30, help="timed calls per contestant")
+    p.add_argument("--rounds", type=int, default=10, help="alternating rounds the runs are spread over")
+    p.add_argument("--m", type=int, default=1, help="rows of the input (1: a GEMV)")
+    p.add_argument("--json", help="also write the rows here")
+    a = p.parse_args(argv)
+
+    from lowbit.runtime.host import cpu_model_name, host_caches
+
+    cpu = cpu_model_name()
+    print(f"CPU: {cpu}", flush=True)
+    llc = host_caches().get("l3", 32 << 20)
+    bw, flush = read_bandwidth(2 * llc, a.threads)  # the same stream is the flush before each timed call
+    print(f"read bandwidth {bw:.1f} GB/s ({a.threads} threads, {2 * llc >> 20} MB stream); LLC {llc >> 20} MB",
+          flush=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="lowbit-sparse-gemv-"))
+    rows = []
+    rng = np.random.default_rng(7)
+    for shape in a.shapes.split(","):
+        k, n = (int(v) for v in shape.lower().split("x"))
+        x = {"A": rng.standard_normal((a.m, k)).astype(np.float32)}
+        fns, meta = {}, {}
+        for i, ratio in enumerate(["dense"] + a.ratios.split(",")):
+            g, per, copies = layer_graph(k, n, ratio, a.m, seed=11 + i)
+            print(f"[{k}x{n}] {ratio}: building {copies} copies", file=sys.stderr, flush=True)
+            mod, kern = _lowbit_fn(g, "O0", a.threads, work)
+            args = mod._prepare(x)
+            fns[ratio] = lambda f=mod._vm["main"], args=args: f(*args)
+            meta[ratio] = (per, copies, kern)
+        times = {name: [] for name in fns}
+        per_round = max(1, -(-a.runs // a.rounds))
+        for _ in range(a.rounds):
+            for name, fn in fns.items():
+                time.sleep(0.05)
+                fn()
+                for _ in range(per_round):
+                    flush()
+                    t0 = time.perf_counter()
+                    fn()
+                    times[name].append(time.perf_counter() - t0)
+        dense_us = None
+        for name, t in times.items():
+            per, copies, kern = meta[name]
+            us = statistics.median(t) / copies * 1e6
+            dense_us = us if name == "dense" else dense_us
+            gbs = per / (us * 1e-6) / 1e9
+            r = {"shape": f"{k}x{n}", "weight": name, "us": us, "GB/s": gbs, "of_read_bw": gbs / bw,
+                 "bytes_per_weight": per / (k * n), "dense_over_this": dense_us / us, "copies": copies,
+                 "kernels": kern}
+            rows.append(r)
+            print(f"[{k}x{n}] {name}: {us:.1f} us, {gbs:.1f} GB/s ({r['of_read_bw']:.0%} of read bw), "
+                  f"{r['bytes_per_weight']:.3f} B/weight, dense / this {r['dense_over_this']:.2f}x; {kern}",
+                  flush=True)
+    cols = ["shape", "weight", "us", "GB/s", "of_read_bw", "bytes_per_weight", "dense_over_this"]
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in rows:
+        print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
+    print(f"\nCPU: {cpu}; {a.threads} threads; m = {a.m}; read bandwidth {bw:.1f} GB/s; weights cache-cold (a "
+          f"{2 * llc >> 20} MB read before every timed call); medians of {a.runs} calls in {a.rounds} alternating "
+          "rounds, per GEMV (a call runs R copies)")
+    if a.json:
+        pathlib.Path(a.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Unstructured-sparse i8 weights times dynamically quantized u8 rows on AVX-512 VNNI + VBMI2: hand-written TIR.
+
+At a batch of one (an LLM's decode step) a matmul by a constant weight is bound by the bytes it streams from
+memory, so a weight with many zeros should stream only its nonzeros. The format keeps the dense VNNI kernel's
+64-byte vectors (``vnni.pack_weights``: 16 output columns x 4 consecutive k, ``vpdpbusd`` order, byte
+``4 * column + k``) and stores, per vector,
+
+- a 64-bit mask of its nonzero bytes (``masks`` [nb, K4 / 4] u64, nb = N16 / 16 column blocks), and
+- its nonzero bytes, back to back in vector order (``stream`` u8: block 0's vectors along k, then block 1's, ...;
+  64 zero bytes at the end so a 64-byte load at any offset stays inside), each block's first byte at
+  ``starts`` [nb] i32.
+
+The kernel decodes a vector with one unaligned 64-byte load at the block's running offset and ``vpexpandb``
+(VBMI2) under the mask — the nonzeros back in their lanes, zeros elsewhere — feeds it to one ``vpdpbusd`` per row
+(the row's 4 u8 inputs broadcast) and advances the offset by popcount(mask). A weight with a fraction z of zeros
+streams (1 - z) + 1/8 bytes per weight instead of 1 (z = 0.5: 0.625; z = 0.7: 0.425): it pays once
+1/8 + (1 - z) is well below 1, and ``gain_reason`` asks for at most ``MAX_BYTES_FRACTION`` of the dense bytes.
+
+A task is (row tile, ``vecs`` column blocks); its blocks' streams run side by side (independent offset chains),
+the expanded vectors kept in a scratch buffer when several rows read them. The epilogue is the dense dynamic
+kernel's (``vnni.conv_func`` with ``dynamic``): ``f32(acc - zp * wsum) * (sc * ws) + bias``, the same
+expression, so results are bit-exact against it and the interpreter: the i32 sums are exact and equal.
+
+>>> w = np.zeros((8, 16), np.int8); w[0, 0], w[5, 3] = 2, -1
+>>> p = pack(w, 8)
+>>> [hex(int(m)) for m in p.masks[0]], p.stream[:2].view(np.int8).tolist(), p.starts.tolist()
+(['0x1', '0x2000'], [2, -1], [0])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STEP = 4  # k per 64-byte vector
+TAIL = 64  # zero bytes after the stream: an unaligned 64-byte load at its last offset stays inside
+MAX_BYTES_FRACTION = 0.8  # the stored bytes (nonzeros, masks, starts) must be at most this much of dense's
+MAX_ROWS = 16  # more rows than this and the matmul is not memory-bound: the dense kernels are as fast
+# a task's accumulators, offsets and expanded vectors: "global" scope keeps these small buffers on the stack (then
+# in registers), as w4.SCRATCH explains
+SCRATCH = "global"
+EXPAND_FUNC = "lowbit_vpexpandb"
+# vpexpandb (VBMI2) on a 64-byte vector and a 64-bit mask: TVM 0.27 has no <64 x i1> type to give the intrinsic,
+# so a two-line LLVM IR function bitcasts the mask; TVM links it in (pragma_import_llvm) and LLVM inlines it
+EXPAND_IR = f"""
+declare <64 x i8> @llvm.x86.avx512.mask.expand.v64i8(<64 x i8>, <64 x i8>, <64 x i1>)
+define linkonce_odr <64 x i8> @{EXPAND_FUNC}(<64 x i8> %v, i64 %m) #0 {{
+  %k = bitcast i64 %m to <64 x i1>
+  %r = call <64 x i8> @llvm.x86.avx512.mask.expand.v64i8(<64 x i8> %v, <64 x i8> zeroinitializer, <64 x i1> %k)
+  ret <64 x i8> %r
+}}
+attributes #0 = {{ alwaysinline nounwind memory(none) }}
+"""
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A weight in the sparse format (module docstring): ``stream`` u8, ``masks`` [nb, kc] u64, ``starts`` [nb]
+    i32; ``kc`` = K4 / 4 vectors per column block."""
+
+    stream: np.ndarray
+    masks: np.ndarray
+    starts: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.stream.nbytes + self.masks.nbytes + self.starts.nbytes
+
+
+def vectors(weight: np.ndarray, kp: int) -> np.ndarray:
+    """[K, N] i8 -> [nb, kp / 4, 64] i8: the dense VNNI vectors (``vnni.pack_weights``' order), zero past K and N."""
+    k, n = weight.shape
+    n16 = -(-n // 16) * 16
+    w = np.zeros((kp, n16), np.int8)
+    w[:k, :n] = weight
+    return np.ascontiguousarray(w.reshape(kp // STEP, STEP, n16 // 16, 16).transpose(2, 0, 3, 1)).reshape(
+        n16 // 16, kp // STEP, 64)
+
+
+def pack(weight: np.ndarray, kp: int) -> Packed:
+    """The sparse format of a [K, N] i8 weight, K padded to ``kp`` (a multiple of 4)."""
+    vec = vectors(weight, kp)
+    nz = vec != 0
+    masks = np.packbits(nz, axis=-1, bitorder="little").view("<u8")[..., 0]  # bit j: byte j of the vector
+    per_block = nz.reshape(nz.shape[0], -1).sum(axis=1)
+    if per_block.sum() + TAIL >= 2 ** 31:
+        raise ValueError("the sparse stream needs i32 offsets")
+    starts = np.concatenate([[0], np.cumsum(per_block)[:-1]]).astype(np.int32)
+    stream = np.concatenate([vec[nz].view(np.uint8), np.zeros(TAIL, np.uint8)])
+    return Packed(stream, np.ascontiguousarray(masks.astype(np.uint64)), starts)
+
+
+def stored_bytes(weight: np.ndarray, kp: int) -> tuple[int, int]:
+    """(bytes the sparse format stores, bytes the dense VNNI layout stores) for a [K, N] i8 weight."""
+    k, n = weight.shape
+    nb, kc = -(-n // 16), kp // STEP
+    return int(np.count_nonzero(weight)) + 8 * nb * kc + 4 * nb + TAIL, 64 * nb * kc
+
+
+def register_tile(nb: int, m: int, rows: int) -> tuple[int, int]:
+    """(rows, column blocks) of a task's accumulator tile: up to 4 blocks (independent streams), as many rows as
+    fit beside them in 24 accumulators (at most ``rows`` and m)."""
+    vecs = max(v for v in (4, 2, 1) if nb % v == 0)
+    return max(1, min(rows, m, 24 // vecs)), vecs
+
+
+def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_shape, rows: int = 6,
+                tasks: int = 16):
+    """A PrimFunc (XQ [m, kp] u8 (zeros past K), ZP [m or 1] i32, SC [m or 1] f32, STREAM [stream_len] u8,
+    MASKS [nb, kp / 4] u64, STARTS [nb] i32, WSUM [N16] i32, WS [N16] f32, BIAS [N16] f32) -> Y ``out_shape``
+    f32 ([.., n]): Y = f32(acc - zp * wsum) * (sc * ws) + bias, acc the exact i32 sum of x * w."""
+    from tvm.script import tirx as T
+
+    n16 = -(-n // 16) * 16
+    nb, kc = n16 // 16, kp // STEP
+    px, vecs = register_tile(nb, m, rows)
+    nvb = nb // vecs
+    tiles = -(-m // px)
+    groups = max(1, min(tiles, -(-tasks // nvb)))
+    size = -(-tiles // groups)
+    groups = -(-tiles // size)
+    prm = m if per_row else 1
+    f32 = "float32"
+    keep = px > 1  # several rows read each expanded vector: keep it in scratch
+
+    def row(task, i, p):  # a tile's p-th row (a last tile ends at the last row, recomputing some)
+        return T.min((task // nvb * size + i) * px, m - px) + p
+
+    def blk(task, v):
+        return task % nvb * vecs + v
+
+    def word(X, r, s):  # the 4 u8 inputs of row r at step s, broadcast to the 16 lanes
+        return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", X.vload([r * kp + s * STEP], "uint8x4")),
+                                                    16))
+
+    def vpdpbusd(a, x, w):
+        return T.call_llvm_pure_intrin("int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"), a, x, w)
+
+    def expanded(S, off, mask):
+        return T.call_extern("int8x64", EXPAND_FUNC, S.vload([off], "int8x64"), mask)
+
+    def rescale(ZP, SC, WSUM, WS, BIAS, a, q, c):  # the dense dynamic kernel's epilogue (vnni.conv_func)
+        r = q if per_row else 0
+        return T.Cast(f32, a - ZP[r] * WSUM[c]) * (SC[r] * WS[c]) + BIAS[c]
+
+    @T.prim_func
+    def func(XQ: T.Buffer((m, kp), "uint8"), ZP: T.Buffer((prm,), "int32"), SC: T.Buffer((prm,), f32),
+             STREAM: T.Buffer((stream_len,), "uint8"), MASKS: T.Buffer((nb, kc), "uint64"),
+             STARTS: T.Buffer((nb,), "int32"), WSUM: T.Buffer((n16,), "int32"), WS: T.Buffer((n16,), f32),
+             BIAS: T.Buffer((n16,), f32), YP: T.Buffer(out_shape, f32)):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
+        X = T.decl_buffer((m * kp,), "uint8", data=XQ.data)
+        S = T.decl_buffer((stream_len,), "int8", data=STREAM.data)
+        MK = T.decl_buffer((nb * kc,), "uint64", data=MASKS.data)
+        Y = T.decl_buffer((m * n,), f32, data=YP.data)
+        with T.attr(T.int32(0), "pragma_import_llvm", EXPAND_IR):  # the vpexpandb function (see above)
+            for task in T.parallel(groups * nvb):  # (row tile group, column block group) pairs
+                acc = T.decl_buffer((px * vecs * 16,), "int32", scope=SCRATCH)
+                off = T.decl_buffer((vecs,), "int32", scope=SCRATCH)
+                wexp = T.decl_buffer((vecs * 64,), "int8", scope=SCRATCH)
+                for i in range(size):
+                    if task // nvb * size + i < tiles:
+                        for q in T.unroll(px * vecs):
+                            acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
+                        for v in T.unroll(vecs):
+                            off[v] = STARTS[blk(task, v)]
+                        for s in range(kc):
+                            for v in T.unroll(vecs):
+                                if keep:
+                                    wexp[T.ramp(v * 64, 1, 64)] = expanded(S, off[v], MK[blk(task, v) * kc + s])
+                                    for p in T.unroll(px):
+                                        acc[T.ramp((p * vecs + v) * 16, 1, 16)] = vpdpbusd(
+                                            acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, row(task, i, p), s),
+                                            wexp[T.ramp(v * 64, 1, 64)])
+                                else:
+                                    acc[T.ramp(v * 16, 1, 16)] = vpdpbusd(
+                                        acc[T.ramp(v * 16, 1, 16)], word(X, row(task, i, 0), s),
+                                        expanded(S, off[v], MK[blk(task, v) * kc + s]))
+                                off[v] = off[v] + T.Cast("int32", T.popcount(MK[blk(task, v) * kc + s]))
+                        for p in T.unroll(px):
+                            for v in T.unroll(vecs):
+                                if blk(task, v) * 16 + 16 <= n:
+                                    for j in T.vectorized(16):
+                                        Y[row(task, i, p) * n + blk(task, v) * 16 + j] = rescale(
+                                            ZP, SC, WSUM, WS, BIAS, acc[(p * vecs + v) * 16 + j], row(task, i, p),
+                                            blk(task, v) * 16 + j)
+                                elif blk(task, v) * 16 < n:
+                                    for j in range(n % 16):
+                                        Y[row(task, i, p) * n + blk(task, v) * 16 + j] = rescale(
+                                            ZP, SC, WSUM, WS, BIAS, acc[(p * vecs + v) * 16 + j], row(task, i, p),
+                                            blk(task, v) * 16 + j)
+    return func
+
+
+__all__ = ["Packed", "pack", "vectors", "stored_bytes", "register_tile", "matmul_func", "MAX_BYTES_FRACTION",
+           "MAX_ROWS", "STEP"]
