@@ -10,7 +10,7 @@ the weight's nonzeros (masks, packed bytes, block starts). Bit-exact against the
 True
 >>> w[1::4] = 1                                        # a quarter zero
 >>> bytes_reason(w, 64)
-'the sparse format would store 0.91 of the dense bytes (25 % zero bytes), the bar is 0.8'
+'the sparse format would store 0.908 of the dense bytes (25 % zero bytes), the bar is 0.8'
 """
 from __future__ import annotations
 

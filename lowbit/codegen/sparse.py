@@ -3,23 +3,30 @@
 At a batch of one (an LLM's decode step) a matmul by a constant weight is bound by the bytes it streams from
 memory, so a weight with many zeros should stream only its nonzeros. The format keeps the dense VNNI kernel's
 64-byte vectors (``vnni.pack_weights``: 16 output columns x 4 consecutive k, ``vpdpbusd`` order, byte
-``4 * column + k``) and stores, per vector,
+``4 * column + k``). The nb = N16 / 16 column blocks are taken g at a time (``block_group``: 4, 2 or 1, whichever
+divides nb), one group per task, and a group's vectors are interleaved step by step (k step 0 of its blocks
+0..g-1, then step 1, ...). Stored:
 
-- a 64-bit mask of its nonzero bytes (``masks`` [nb, K4 / 4] u64, nb = N16 / 16 column blocks), and
-- its nonzero bytes, back to back in vector order (``stream`` u8: block 0's vectors along k, then block 1's, ...;
-  64 zero bytes at the end so a 64-byte load at any offset stays inside), each block's first byte at
-  ``starts`` [nb] i32.
+- ``masks`` [nb / g, K4 / 4 * g] u64, in that order: a 64-bit mask of each vector's nonzero bytes;
+- ``stream`` u8: each vector's nonzero bytes, back to back in that order, group after group (64 zero bytes at
+  the end so a 64-byte load at any offset stays inside);
+- ``starts`` [nb / g] i32: each group's first byte in the stream.
 
-The kernel decodes a vector with one unaligned 64-byte load at the block's running offset and ``vpexpandb``
+One stream of data and one of masks per task (not one per block): with a stream per block (8 per core) the same
+kernel reached 0.59 of dense's bandwidth instead of 0.71 at 70 % zeros (4096x11008, AMD EPYC Zen 4, 2 threads,
+cache-cold, one process; the running-offset chain per vector is one add).
+
+The kernel decodes a vector with one unaligned 64-byte load at the group's running offset and ``vpexpandb``
 (VBMI2) under the mask — the nonzeros back in their lanes, zeros elsewhere — feeds it to one ``vpdpbusd`` per row
 (the row's 4 u8 inputs broadcast) and advances the offset by popcount(mask). A weight with a fraction z of zeros
-streams (1 - z) + 1/8 bytes per weight instead of 1 (z = 0.5: 0.625; z = 0.7: 0.425): it pays once
-1/8 + (1 - z) is well below 1, and ``gain_reason`` asks for at most ``MAX_BYTES_FRACTION`` of the dense bytes.
+streams (1 - z) + 1/8 bytes per weight instead of 1 (z = 0.5: 0.625; z = 0.7: 0.425): ``ops_sparse.bytes_reason``
+asks for at most ``MAX_BYTES_FRACTION`` of the dense bytes. (LLVM folds the load into vpexpandb's memory form;
+the register form through inline asm measured the same.)
 
-A task is (row tile, ``vecs`` column blocks); its blocks' streams run side by side (independent offset chains),
-the expanded vectors kept in a scratch buffer when several rows read them. The epilogue is the dense dynamic
-kernel's (``vnni.conv_func`` with ``dynamic``): ``f32(acc - zp * wsum) * (sc * ws) + bias``, the same
-expression, so results are bit-exact against it and the interpreter: the i32 sums are exact and equal.
+A task is (row tile, block group); the expanded vectors are kept in a scratch buffer when several rows read
+them. The epilogue is the dense dynamic kernel's (``vnni.conv_func`` with ``dynamic``):
+``f32(acc - zp * wsum) * (sc * ws) + bias``, the same expression, so results are bit-exact against it and the
+interpreter: the i32 sums are exact and equal.
 
 >>> w = np.zeros((8, 16), np.int8); w[0, 0], w[5, 3] = 2, -1
 >>> p = pack(w, 8)
@@ -55,8 +62,8 @@ attributes #0 = {{ alwaysinline nounwind memory(none) }}
 
 @dataclass(frozen=True)
 class Packed:
-    """A weight in the sparse format (module docstring): ``stream`` u8, ``masks`` [nb, kc] u64, ``starts`` [nb]
-    i32; ``kc`` = K4 / 4 vectors per column block."""
+    """A weight in the sparse format (module docstring): ``stream`` u8, ``masks`` [nb / g, kc * g] u64,
+    ``starts`` [nb / g] i32; ``kc`` = K4 / 4 vectors per column block, g = ``block_group(nb)``."""
 
     stream: np.ndarray
     masks: np.ndarray
@@ -77,37 +84,45 @@ def vectors(weight: np.ndarray, kp: int) -> np.ndarray:
         n16 // 16, kp // STEP, 64)
 
 
+def block_group(nb: int) -> int:
+    """Column blocks a task takes (their vectors interleaved in one stream): 4, 2 or 1, whichever divides nb."""
+    return max(v for v in (4, 2, 1) if nb % v == 0)
+
+
 def pack(weight: np.ndarray, kp: int) -> Packed:
     """The sparse format of a [K, N] i8 weight, K padded to ``kp`` (a multiple of 4)."""
     vec = vectors(weight, kp)
+    nb, kc = vec.shape[:2]
+    g = block_group(nb)  # [nb, kc, 64] -> [nb / g, kc * g, 64]: a group's blocks interleaved step by step
+    vec = np.ascontiguousarray(vec.reshape(nb // g, g, kc, 64).transpose(0, 2, 1, 3)).reshape(nb // g, kc * g, 64)
     nz = vec != 0
     masks = np.packbits(nz, axis=-1, bitorder="little").view("<u8")[..., 0]  # bit j: byte j of the vector
-    per_block = nz.reshape(nz.shape[0], -1).sum(axis=1)
-    if per_block.sum() + TAIL >= 2 ** 31:
+    per_group = nz.reshape(nz.shape[0], -1).sum(axis=1)
+    if per_group.sum() + TAIL >= 2 ** 31:
         raise ValueError("the sparse stream needs i32 offsets")
-    starts = np.concatenate([[0], np.cumsum(per_block)[:-1]]).astype(np.int32)
+    starts = np.concatenate([[0], np.cumsum(per_group)[:-1]]).astype(np.int32)
     stream = np.concatenate([vec[nz].view(np.uint8), np.zeros(TAIL, np.uint8)])
-    return Packed(stream, np.ascontiguousarray(masks.astype(np.uint64)), starts)
+    return Packed(stream, np.array(masks, np.uint64).reshape(nb // g, kc * g), starts)
 
 
 def stored_bytes(weight: np.ndarray, kp: int) -> tuple[int, int]:
     """(bytes the sparse format stores, bytes the dense VNNI layout stores) for a [K, N] i8 weight."""
     k, n = weight.shape
     nb, kc = -(-n // 16), kp // STEP
-    return int(np.count_nonzero(weight)) + 8 * nb * kc + 4 * nb + TAIL, 64 * nb * kc
+    return int(np.count_nonzero(weight)) + 8 * nb * kc + 4 * (nb // block_group(nb)) + TAIL, 64 * nb * kc
 
 
 def register_tile(nb: int, m: int, rows: int) -> tuple[int, int]:
-    """(rows, column blocks) of a task's accumulator tile: up to 4 blocks (independent streams), as many rows as
-    fit beside them in 24 accumulators (at most ``rows`` and m)."""
-    vecs = max(v for v in (4, 2, 1) if nb % v == 0)
+    """(rows, column blocks) of a task's accumulator tile: the block group (``block_group``), as many rows as
+    fit beside it in 24 accumulators (at most ``rows`` and m)."""
+    vecs = block_group(nb)
     return max(1, min(rows, m, 24 // vecs)), vecs
 
 
 def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_shape, rows: int = 6,
                 tasks: int = 16):
     """A PrimFunc (XQ [m, kp] u8 (zeros past K), ZP [m or 1] i32, SC [m or 1] f32, STREAM [stream_len] u8,
-    MASKS [nb, kp / 4] u64, STARTS [nb] i32, WSUM [N16] i32, WS [N16] f32, BIAS [N16] f32) -> Y ``out_shape``
+    MASKS [nb / g, kp / 4 * g] u64, STARTS [nb / g] i32 (``pack``), WSUM [N16] i32, WS [N16] f32, BIAS [N16] f32) -> Y ``out_shape``
     f32 ([.., n]): Y = f32(acc - zp * wsum) * (sc * ws) + bias, acc the exact i32 sum of x * w."""
     from tvm.script import tirx as T
 
@@ -129,6 +144,9 @@ def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_sha
     def blk(task, v):
         return task % nvb * vecs + v
 
+    def mask_at(task, v, s):  # the mask of the task's v-th block at step s
+        return ((task % nvb) * kc + s) * vecs + v
+
     def word(X, r, s):  # the 4 u8 inputs of row r at step s, broadcast to the 16 lanes
         return T.reinterpret("int8x64", T.broadcast(T.reinterpret("int32", X.vload([r * kp + s * STEP], "uint8x4")),
                                                     16))
@@ -145,8 +163,8 @@ def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_sha
 
     @T.prim_func
     def func(XQ: T.Buffer((m, kp), "uint8"), ZP: T.Buffer((prm,), "int32"), SC: T.Buffer((prm,), f32),
-             STREAM: T.Buffer((stream_len,), "uint8"), MASKS: T.Buffer((nb, kc), "uint64"),
-             STARTS: T.Buffer((nb,), "int32"), WSUM: T.Buffer((n16,), "int32"), WS: T.Buffer((n16,), f32),
+             STREAM: T.Buffer((stream_len,), "uint8"), MASKS: T.Buffer((nvb, kc * vecs), "uint64"),
+             STARTS: T.Buffer((nvb,), "int32"), WSUM: T.Buffer((n16,), "int32"), WS: T.Buffer((n16,), f32),
              BIAS: T.Buffer((n16,), f32), YP: T.Buffer(out_shape, f32)):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})  # opaque: not fused
         X = T.decl_buffer((m * kp,), "uint8", data=XQ.data)
@@ -156,18 +174,17 @@ def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_sha
         with T.attr(T.int32(0), "pragma_import_llvm", EXPAND_IR):  # the vpexpandb function (see above)
             for task in T.parallel(groups * nvb):  # (row tile group, column block group) pairs
                 acc = T.decl_buffer((px * vecs * 16,), "int32", scope=SCRATCH)
-                off = T.decl_buffer((vecs,), "int32", scope=SCRATCH)
+                off = T.decl_buffer((1,), "int32", scope=SCRATCH)
                 wexp = T.decl_buffer((vecs * 64,), "int8", scope=SCRATCH)
                 for i in range(size):
                     if task // nvb * size + i < tiles:
                         for q in T.unroll(px * vecs):
                             acc[T.ramp(q * 16, 1, 16)] = T.broadcast(T.int32(0), 16)
-                        for v in T.unroll(vecs):
-                            off[v] = STARTS[blk(task, v)]
+                        off[0] = STARTS[task % nvb]
                         for s in range(kc):
                             for v in T.unroll(vecs):
                                 if keep:
-                                    wexp[T.ramp(v * 64, 1, 64)] = expanded(S, off[v], MK[blk(task, v) * kc + s])
+                                    wexp[T.ramp(v * 64, 1, 64)] = expanded(S, off[0], MK[mask_at(task, v, s)])
                                     for p in T.unroll(px):
                                         acc[T.ramp((p * vecs + v) * 16, 1, 16)] = vpdpbusd(
                                             acc[T.ramp((p * vecs + v) * 16, 1, 16)], word(X, row(task, i, p), s),
@@ -175,8 +192,8 @@ def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_sha
                                 else:
                                     acc[T.ramp(v * 16, 1, 16)] = vpdpbusd(
                                         acc[T.ramp(v * 16, 1, 16)], word(X, row(task, i, 0), s),
-                                        expanded(S, off[v], MK[blk(task, v) * kc + s]))
-                                off[v] = off[v] + T.Cast("int32", T.popcount(MK[blk(task, v) * kc + s]))
+                                        expanded(S, off[0], MK[mask_at(task, v, s)]))
+                                off[0] = off[0] + T.Cast("int32", T.popcount(MK[mask_at(task, v, s)]))
                         for p in T.unroll(px):
                             for v in T.unroll(vecs):
                                 if blk(task, v) * 16 + 16 <= n:
