@@ -135,11 +135,12 @@ def extract(graph: Graph, target, config=None, ops: frozenset | None = None) -> 
     compute ops (``ops``: those op names; default every op with the ``compute`` trait), in graph order."""
     from ..codegen import CodegenConfig, Target
     from ..codegen.lower import to_relax
+    from ..codegen.stack import short_stack
 
     target = Target.parse(target)
     config = CodegenConfig.parse(config)
     layouts: dict = {}
-    _, chosen = to_relax(graph, target, config, layouts=layouts)
+    _, chosen = short_stack(to_relax)(graph, target, config, layouts=layouts)
     kernel_of = {k["name"]: k["kernel"] for k in chosen}
     ops = ops or ops_with("compute")
     names = [op.loc or f"{op.opname}_{i}" for i, op in enumerate(graph.ops)]

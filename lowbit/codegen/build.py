@@ -19,6 +19,7 @@ from .config import CodegenConfig
 from .intrinsics import vector_rounding
 from .lower import to_relax
 from .lowering import table_codes
+from .stack import short_stack
 from .target import CudaTarget, Target
 
 
@@ -67,6 +68,7 @@ def _fuse(mod):
     return relax.transform.FuseTIR()(mod)
 
 
+@short_stack
 def schedule(graph, target: Target, config: CodegenConfig | None = None, kernels: list | None = None,
              log: list | None = None, lower_options: dict | None = None):
     """The IRModule of ``graph`` lowered, fused and scheduled for ``target``, before LLVM/CUDA code generation
