@@ -95,10 +95,17 @@ class _Parser:
                 dims = self.match(re.compile(r"\d+(?:x\d+)*"), "block dimensions").group(0)
                 self.expect(">")
                 encoding = Encoding("block", tuple(int(d) for d in dims.split("x")))
+            elif self.accept("sparse<"):
+                r = self.match(re.compile(r"\d+(?:\.\d+)?(?:[eE]-?\d+)?"), "a ratio").group(0)
+                self.expect(">")
+                try:
+                    encoding = Encoding.sparse(float(r))
+                except ValueError as e:
+                    raise self.error(str(e)) from None
             elif self.accept("pow2"):
                 encoding = Encoding("pow2")
             else:
-                raise self.error("expected q<...>, nm<...>, block<...> or pow2")
+                raise self.error("expected q<...>, sparse<...>, nm<...>, block<...> or pow2")
         self.expect(">")
         try:
             return TensorType(shape, dtype, quant, encoding)

@@ -100,20 +100,87 @@ class QuantParams:
 class Encoding:
     """How a tensor's values are laid out or restricted beyond its dtype.
 
-    kinds: ``nm`` (N:M structured sparsity, params (n, m)), ``block`` (block sparsity, params = block
-    shape), ``pow2`` (every value is 0 or ±2^k; no params).
+    kinds:
+
+    - ``sparse`` (unstructured sparsity, printed ``sparse<0.5>``): at least that fraction of the values are zero;
+      params ``(basis points,)``, the fraction times 10000, so 0.5 is ``(5000,)``;
+    - ``nm`` (N:M structured sparsity, ``nm<2:4>``, params (n, m)): at most n nonzeros in every m consecutive
+      values along the reduction axis — axis 0 of a [K, N] matmul weight, the flattened C·kh·kw of an
+      [O, C, kh, kw] convolution weight — the last run partial when m does not divide it;
+    - ``block`` (block sparsity, ``block<4x1>``, params = the block's shape over (K, N) of the weight's matrix,
+      as ``nm``'s axes): the zeros come in whole blocks;
+    - ``pow2`` (every value is 0 or ±2^k; no params).
+
+    ``check`` tells whether an array honours the encoding (the verifier asks it of constants).
     """
 
     kind: str
     params: tuple[int, ...] = ()
 
-    KINDS = ("nm", "block", "pow2")
+    KINDS = ("sparse", "nm", "block", "pow2")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
             raise ValueError(f"unknown encoding '{self.kind}' (known: {', '.join(self.KINDS)})")
+        object.__setattr__(self, "params", tuple(int(p) for p in self.params))
+        p = self.params
+        if self.kind == "sparse" and (len(p) != 1 or not 0 <= p[0] <= 10000):
+            raise ValueError(f"sparse<ratio> needs a ratio in [0, 1], got {p}")
+        if self.kind == "nm" and (len(p) != 2 or not 0 <= p[0] < p[1]):
+            raise ValueError(f"nm<n:m> needs 0 <= n < m, got {p}")
+        if self.kind == "block" and (len(p) != 2 or min(p) < 1):
+            raise ValueError(f"block<RxC> needs two positive sides, got {p}")
+
+    @staticmethod
+    def sparse(ratio: float) -> "Encoding":
+        """``sparse<ratio>``, the ratio rounded down to a basis point (so the type never claims more zeros)."""
+        return Encoding("sparse", (int(np.floor(float(ratio) * 10000 + 1e-9)),))
+
+    @property
+    def ratio(self) -> float | None:
+        """The fraction of zeros the type guarantees (``sparse``) or implies (``nm``: 1 - n/m); None otherwise."""
+        if self.kind == "sparse":
+            return self.params[0] / 10000
+        if self.kind == "nm":
+            return 1.0 - self.params[0] / self.params[1]
+        return None
+
+    def check(self, a: np.ndarray) -> str | None:
+        """Why ``a`` does not honour the encoding (None: it does). For ``nm`` and ``block`` a rank-2 array is a
+        [K, N] matmul weight and a rank-4 one an [O, C, kh, kw] convolution weight (its matrix [C·kh·kw, O])."""
+        a = np.asarray(a)
+        if self.kind == "pow2":
+            v = np.abs(a[a != 0]).astype(np.float64)
+            return None if np.all(np.exp2(np.round(np.log2(v))) == v) else "a nonzero value is not a power of two"
+        if self.kind == "sparse":
+            zeros = int(np.count_nonzero(a == 0))
+            need = -(-self.params[0] * a.size // 10000)
+            return None if zeros >= need else f"{zeros} of {a.size} values are zero, fewer than {self}'s {need}"
+        if a.ndim not in (2, 4):
+            return f"{self} applies to a rank-2 or rank-4 weight, not rank {a.ndim}"
+        w = a if a.ndim == 2 else a.reshape(a.shape[0], -1).T
+        k, n = w.shape
+        if self.kind == "nm":
+            nn, m = self.params
+            pad = np.zeros((-(-k // m) * m - k, n), w.dtype)
+            runs = np.count_nonzero(np.concatenate([w, pad]).reshape(-1, m, n), axis=1)
+            return None if runs.max(initial=0) <= nn else f"a run of {m} has {int(runs.max())} nonzeros, more than {nn}"
+        r, c = self.params
+        pad = np.zeros((-(-k // r) * r, -(-n // c) * c), w.dtype)
+        pad[:k, :n] = w
+        blocks = np.count_nonzero(pad.reshape(pad.shape[0] // r, r, pad.shape[1] // c, c), axis=(1, 3))
+        partial = (blocks > 0) & (blocks < r * c)
+        if not partial.any():
+            return None
+        full = np.ones_like(pad, bool)  # blocks cut by the edge: only their in-range values count
+        full[k:, :] = full[:, n:] = False
+        inside = np.count_nonzero(full.reshape(blocks.shape[0], r, blocks.shape[1], c), axis=(1, 3))
+        nz_ok = (blocks == 0) | (blocks == inside)
+        return None if nz_ok.all() else f"a {r}x{c} block is partly zero"
 
     def __str__(self) -> str:
+        if self.kind == "sparse":
+            return f"sparse<{self.params[0] / 10000:g}>"
         if self.kind == "nm":
             return f"nm<{self.params[0]}:{self.params[1]}>"
         if self.kind == "block":
