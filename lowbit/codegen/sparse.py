@@ -45,6 +45,20 @@ MAX_BYTES_FRACTION = 0.8  # the stored bytes (nonzeros, masks, starts) must be a
 # more rows than this and the kernel is bound by its decode and vpdpbusd, not memory: 4096x11008, AMD EPYC Zen 4,
 # 2 threads, cache-cold, dense / sparse at 50 % and 70 % zeros: M=2 1.41x, 2.03x; M=4 1.40x, 1.60x; M=8 0.94x, 0.98x
 MAX_ROWS = 4
+# A model whose constant weights fit the last-level cache keeps them there between calls: each layer is read at
+# cache speed and the sparse kernel is bound by its decode (the running offset, vpexpandb), not bytes, and it
+# loses as often as it wins. benchmarks/sparse_gemv.py --warm (no eviction), AMD EPYC Zen 4 (1 MB L2 per core,
+# 32 MB L3), 2 threads, dense / sparse at 35 %, 50 %, 70 % zeros, 2:4 (two runs of the same build varied by 2x):
+# - L2-resident (<= 1 MB of weights per call): 384x384 M=1 1.18, 1.25, 1.34, 1.21x; 384x1536 M=1 1.10-1.26x;
+#   1536x384 M=1 0.94, 0.91, 0.92, 0.88x; 1024x1024 M=1 0.84, 0.83, 0.86, 0.97x; M=2 0.81-1.16x; M=4 0.74-1.09x
+#   (576x1536 M=4 0.84, 0.83, 0.90, 0.86x);
+# - L3-resident (one weight of 2.9 or 4.2 MB): 1024x2816 M=1 1.30, 1.22, 1.59, 1.29x and, another run, 0.97x at
+#   40 %, 1.12x at 50 %; 2048x2048 M=1 0.97, 1.15, 1.39, 1.27x and, another run, 0.81x at 40 %, 0.82x at 50 %,
+#   M=2 0.68x at 40 and 50 %; M=4 0.85, 0.81, 0.81, 0.78x.
+# Cache-cold (a model larger than the LLC: each layer's weight evicted by the others') the bytes bar holds to its
+# edge: 1024x2816 at 30, 35, 40 % zeros M=1 1.27, 1.31, 1.40x; M=2 1.36, 1.47, 1.60x; M=4 1.08, 1.10, 1.22x.
+# So the kernel is chosen only where the model's constants (all of its graph's) exceed the LLC, then by the bytes.
+DEFAULT_LLC = 32 << 20  # a target whose caches are not known (not this host)
 # a task's accumulators, offsets and expanded vectors: "global" scope keeps these small buffers on the stack (then
 # in registers), as w4.SCRATCH explains
 SCRATCH = "global"
@@ -212,4 +226,4 @@ def matmul_func(m: int, kp: int, n: int, stream_len: int, per_row: bool, out_sha
 
 
 __all__ = ["Packed", "pack", "vectors", "stored_bytes", "register_tile", "matmul_func", "MAX_BYTES_FRACTION",
-           "MAX_ROWS", "STEP"]
+           "MAX_ROWS", "DEFAULT_LLC", "STEP"]
