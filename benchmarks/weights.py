@@ -37,8 +37,14 @@ def _weights(manifest) -> dict:
         kind = f"{r['op']} " + ("kept (fallback)" if r.get("fallback") and "scheme" not in r
                                 else r.get("scheme") or f"int{r['bits']}")
         layers[kind] = layers.get(kind, 0) + 1
-    return {"stored_bytes": stored, "f32_bytes": f32, "ratio": stored / f32 if f32 else None, "encodings": enc,
-            "layers": layers}
+    out = {"stored_bytes": stored, "f32_bytes": f32, "ratio": stored / f32 if f32 else None, "encodings": enc,
+           "layers": layers}
+    pruned = manifest.get("sparsity_report", [])
+    if pruned:  # sparsify's layers: the fraction of zeros over every weight of the model, and over the pruned ones
+        zeros = sum(r["sparsity"] * r["weights"] for r in pruned)
+        out["sparsity"] = round(zeros / (f32 / 4), 4) if f32 else None
+        out["pruned_layers"] = f"{len(pruned)}/{len(ws)}, {zeros / sum(r['weights'] for r in pruned):.3f} zero"
+    return out
 
 
 def _batches(samples: list, shapes: dict) -> list:
@@ -103,7 +109,8 @@ def main(argv=None) -> int:
         metric = {k: v for k, v in r.items() if k in ("accuracy", "top1_agreement", "mean_cosine", "min_cosine",
                                                       "sentiment_probe_acc")}
         print(f"| {r['model']} | {r['preset']} | " + ", ".join(f"{k} {v:.4f}" for k, v in metric.items())
-              + f" | {r['stored_bytes']} B ({r['ratio']:.3f}x f32) | {r['encodings']} | {r['layers']} |")
+              + f" | {r['stored_bytes']} B ({r['ratio']:.3f}x f32) | {r['encodings']} | {r['layers']} |"
+              + (f" sparsity {r['sparsity']:.3f} ({r['pruned_layers']}) |" if "sparsity" in r else ""))
     if a.json:
         pathlib.Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -65,6 +65,7 @@ class Prepared:
     passes: object
     calibration: list | None
     weight_report: list | None = None
+    sparsity_report: list | None = None
 
 
 def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=None) -> Prepared:
@@ -87,7 +88,8 @@ def prepare(model, pipeline="O2", *, shapes=None, calibration=None, progress=Non
     ctx = PassContext(calibration=samples, progress=prog.tick)
     with prog.step(f"running passes ({str(passes) or 'none'})"):
         graph = run_pipeline(source, passes, ctx)
-    return Prepared(graph, source, passes, samples, list(getattr(ctx, "weight_report", None) or []))
+    return Prepared(graph, source, passes, samples, list(getattr(ctx, "weight_report", None) or []),
+                    list(getattr(ctx, "sparsity_report", None) or []))
 
 
 def integer_policy(target, passes, keep_integer: bool = False):
@@ -199,6 +201,8 @@ def compile(model, target="auto", pipeline="O2", *, shapes=None, progress=None, 
         art.manifest["quant_report"] = quant_report
     if p.weight_report:
         art.manifest["weight_report"] = p.weight_report
+    if p.sparsity_report:
+        art.manifest["sparsity_report"] = p.sparsity_report
     if notes:
         art.manifest["warnings"] = notes
     art.manifest["compile_seconds"] = round(time.perf_counter() - t_start, 3)

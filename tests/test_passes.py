@@ -65,7 +65,7 @@ def _zoo_graph(name):
 
 # quantize and to-bf16 change numerics by design: tests/test_quantize.py, tests/test_bf16.py
 @pytest.mark.parametrize("pipeline", sorted(set(registered_passes())
-                                            - {"quantize", "to-bf16", "quantize-weights", "shift-add"}) + ["O2"])
+                                            - {"quantize", "to-bf16", "quantize-weights", "shift-add", "sparsify"}) + ["O2"])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_like", "encoder", "legacy_cnn", "qdq_cnn"])
 def test_pass_keeps_zoo_numerics(name, pipeline):
     g, inputs = _zoo_graph(name)

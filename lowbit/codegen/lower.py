@@ -109,17 +109,18 @@ def _grouped_use(v) -> str:
 
 def encoding(t) -> str:
     """A weight type's encoding as the manifest names it: ``f32``, ``i8 per-channel``, ``i4 group 128``,
-    ``u4 group 32, zero points``."""
+    ``u4 group 32, zero points``, ``i8 per-channel, sparse<0.5>``."""
     q = t.quant
+    sparsity = "" if t.encoding is None else f", {t.encoding}"
     if q is None:
-        return t.dtype.name
+        return t.dtype.name + sparsity
     parts = [t.dtype.name + (f" group {q.group}" if q.group is not None else " per-channel" if q.axis is not None
                              else " per-tensor")]
     if any(q.zero_point):
         parts.append("zero points")
     if q.codebook is not None:
         parts.append(f"codebook of {len(q.codebook)}")
-    return ", ".join(parts)
+    return ", ".join(parts) + sparsity
 
 
 def weight_record(L, op, before: int, tables_before: int = 0) -> dict | None:

@@ -283,6 +283,10 @@ def _check_const(types, attrs, results):
     r = results[0]
     if tuple(v.shape) != r.shape or np.dtype(v.dtype) != r.dtype.np_dtype:
         raise ValueError(f"value of shape {tuple(v.shape)} and dtype {v.dtype} does not match type {r}")
+    if r.encoding is not None:
+        why = r.encoding.check(v)
+        if why is not None:
+            raise ValueError(f"value does not honour its encoding {r.encoding}: {why}")
 
 
 register(OpSchema("const", (0, 0), {"value": Attr("tensor")}, None, _check_const, doc="a constant tensor",

@@ -111,6 +111,15 @@ def _per_channel_i8(w: np.ndarray, axis: int):
                                                        storage=scheme.NARROW_I8)), sw
 
 
+def _with_encoding(wt: TensorType, source: TensorType, wq: np.ndarray) -> TensorType:
+    """``wt`` with the sparsity encoding of the weight it quantizes (``sparsify.carried_encoding``): symmetric
+    weights keep their zeros."""
+    from .sparsify import carried_encoding
+
+    enc = carried_encoding(source, wq)
+    return wt if enc is None else TensorType(wt.shape, wt.dtype, wt.quant, enc)
+
+
 def _fit_bias(op, wq: np.ndarray, wt: TensorType, sw: np.ndarray, x_scale: float, coded):
     """(weights, type, scales) with the scales of channels whose bias would not fit i32 raised
     (``scheme.bias_fitting_scales``) and those channels requantized from their real weights (the f32 weight, or
@@ -244,6 +253,7 @@ class Quantize(Pass):
         if weight_axis(op) == 0:  # gemm with transposed B: [N, K] -> [K, N]
             w = np.ascontiguousarray(w.T)
         wq, wt, _ = _per_channel_i8(w, 1)
+        wt = _with_encoding(wt, op.operands[1].type, wq)
         ops = [op.operands[0], g.const(wq, loc=op.loc, before=op, type=wt)]
         if len(op.operands) > 2:
             ops.append(g.const(op.operands[2].const_value.astype(np.float32).reshape(-1), loc=op.loc, before=op))
@@ -260,6 +270,7 @@ class Quantize(Pass):
             wq, wt, sw = _per_channel_i8(op.operands[1].const_value, weight_axis(op))
         if len(op.operands) > 2:
             wq, wt, sw = _fit_bias(op, wq, wt, sw, xq.quant.scale[0], coded)
+        wt = _with_encoding(wt, (coded if coded is not None else op.operands[1]).type, wq)
         wv = g.create("dequantize", [g.const(wq, loc=op.loc, before=op, type=wt)], loc=op.loc, before=op).result
         op.set_operand(1, wv)
         if len(op.operands) > 2:

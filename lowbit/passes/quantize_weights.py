@@ -288,12 +288,13 @@ def layer_method(op, method: str) -> str:
     return "rtn" if op.opname == "conv2d" and op.attrs["groups"] != 1 else method
 
 
-def calibrated_layers(graph: Graph, samples: list, targets: list, layer, tick=None) -> dict:
+def calibrated_layers(graph: Graph, samples: list, targets: list, layer, tick=None, means: bool = False) -> dict:
     """{id(op): what ``layer`` returned first} for every target: the samples run through the graph op by op, and
     each target, when reached, is handed ``(op, w, XᵀX, n)`` of its inputs there (``target_weight``, ``_input_rows``)
     and returns ``(result, weight, x_factor)``: the weight [K, N] the rewritten graph multiplies by and a factor per
     input channel applied to x first (or None). XᵀX is None (n 0) for a grouped convolution. The layer is then computed that way, so each later layer sees the
-    inputs the quantized layers before it give (the reference GPTQ's sequential order)."""
+    inputs the quantized layers before it give (the reference GPTQ's sequential order). ``means``: ``layer`` is
+    handed a fifth argument, the mean [K] of the input rows (None where XᵀX is)."""
     from ..ir.interp import evaluate_op
 
     pending = {id(op) for op in targets}
@@ -311,7 +312,11 @@ def calibrated_layers(graph: Graph, samples: list, targets: list, layer, tick=No
             pending.discard(id(op))
             rows = [_input_rows(op, env[id(op.operands[0])]) for env in envs]
             xtx, n = qw.hessian(rows) if all(r is not None for r in rows) else (None, 0)
-            done[id(op)], weight, factor = layer(op, target_weight(op)[0], xtx, n)
+            extra = ()
+            if means:
+                extra = (None if xtx is None else
+                         sum(np.asarray(r, np.float64).sum(axis=0) for r in rows) / max(n, 1),)
+            done[id(op)], weight, factor = layer(op, target_weight(op)[0], xtx, n, *extra)
             if tick is not None:
                 tick(f"layer {len(done)}/{len(targets)}")
             if op.opname == "gemm" and op.attrs["trans_b"]:
