@@ -226,6 +226,17 @@ def cmd_inspect(args) -> int:
             err = "" if r.get("rel_error") is None else f" output error {r['rel_error']:.4f}"
             back = " (fallback)" if r.get("fallback") else ""
             lines.append(f"  {r['name']}  {r['op']} {what} group {r.get('group')} {r.get('method')}{err}{back}")
+    if manifest.get("sparsity_report"):
+        lines.append("sparse weights (per layer; the kernel, and why a sparse one was passed over):")
+        by_name = {k["name"]: k for k in kernels}
+        for r in manifest["sparsity_report"]:
+            err = "" if r.get("rel_error") is None else f" output error {r['rel_error']:.4f}"
+            k = by_name.get(r["name"], {})
+            passed = k.get("passed_over", {})
+            why = next((f" ({name} passed over: {reason})" for name, reason in passed.items() if "sparse" in name), "")
+            kern = f" -> {k['kernel']}{why}" if k else ""
+            lines.append(f"  {r['name']}  {r['op']} {r['pattern']} {r['method']}, {r['sparsity']:.1%} zero of "
+                         f"{r['weights']}{err}{' bias corrected' if r.get('bias_corrected') else ''}{kern}")
     if "quant_report" in manifest:
         from .quant.report import format_report
 

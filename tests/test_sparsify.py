@@ -151,7 +151,7 @@ def test_int8_weights_keep_the_zeros_and_the_encoding():
 
 
 @pytest.mark.skipif("not __import__('lowbit.runtime.host', fromlist=['x']).cpu_flags() >= {'avx512_vnni', 'avx512_vbmi2'}")
-def test_sparse_int8_model_runs_the_sparse_kernel_and_matches_the_interpreter():
+def test_sparse_int8_model_runs_the_sparse_kernel_and_matches_the_interpreter(capsys):
     import lowbit
     from lowbit.runtime import load
 
@@ -180,4 +180,10 @@ def test_sparse_int8_model_runs_the_sparse_kernel_and_matches_the_interpreter():
         path = os.path.join(d, "m.lbit")
         art.save(path)
         got = load(path).run(x)["y"]
+        from lowbit.cli import main
+
+        assert main(["inspect", path]) == 0
     np.testing.assert_array_equal(got, want)
+    text = capsys.readouterr().out
+    assert "sparse weights (per layer" in text and "fc1  matmul unstructured 0.7 wanda, 69.9% zero of 65536" in text
+    assert "-> vnni-sparse" in text
