@@ -2,7 +2,12 @@
 int8 kernel, batch 1, weights cache-cold (or warm), effective bandwidth against the read bandwidth of the same run.
 
     python benchmarks/sparse_gemv.py [--shapes 1024x2816,4096x11008] [--ratios 0.5,0.7,0.9,2:4] [--threads 2]
-                                     [--runs 30] [--rounds 10] [--m 1[,2,4]] [--warm] [--json out.json]
+                                     [--runs 30] [--rounds 10] [--m 1[,2,4]] [--warm] [--int4 GROUP]
+                                     [--json out.json]
+
+``--int4 GROUP``: group-wise symmetric int4 weights (codes -8..7, zero points 0, one f32 scale per GROUP k and
+column) instead: ``dense`` runs the nibble kernel ``vnni-w4``, the sparse contestants (the same zeros) the sparse
+nibble kernel ``vnni-w4-sparse``; the bytes are each kernel's format (``sparse_w4.stored_bytes``).
 
 ``--warm``: no eviction, and R chosen so a call's weights total at most the L2 size (each of the 2 cores reads
 half of them: cache-resident, as a small model's layers are between two calls) — the case where the kernel is
@@ -15,6 +20,7 @@ model were larger than the last-level cache, which the eviction stands for).
         --ratios 0.35,0.5,0.7,2:4 --m 1,2,4 --runs 40        # L2-resident
     python benchmarks/sparse_gemv.py --warm --shapes 1024x2816,2048x2048 --ratios 0.35,0.5,0.7,2:4 --m 1,2,4
     python benchmarks/sparse_gemv.py --shapes 1024x2816 --ratios 0.3,0.35,0.4,0.5 --m 1,2,4   # the bar's edge
+    python benchmarks/sparse_gemv.py --int4 128 --ratios 0.4,0.5,0.6,0.7,0.9,2:4 --m 1,2,4
 
 Per shape K x N, contestants (each R qmatmul_dynamic by i8 per-column [K, N] weights reading one input, R chosen
 so a call streams at least 8 MB of its own format):
@@ -58,9 +64,10 @@ def _force_sparse():
     from lowbit.codegen import kernels
 
     table = kernels.TABLE["qmatmul_dynamic"]
-    i = next(i for i, k in enumerate(table) if k.name == "vnni-sparse")
     enc = lambda L, op: None if op.operands[1].type.encoding is not None else "no encoding"  # noqa: E731
-    table[i] = replace(table[i], check=kernels._all(kernels._not_grouped, kernels.VNNI, kernels.VBMI2, enc))
+    for name, kind in (("vnni-sparse", kernels._not_grouped), ("vnni-w4-sparse", kernels._grouped)):
+        i = next(i for i, k in enumerate(table) if k.name == name)
+        table[i] = replace(table[i], check=kernels._all(kind, kernels.VNNI, kernels.VBMI2, enc))
 
 
 def _accepts(graph, warm: bool) -> str:
@@ -73,7 +80,8 @@ def _accepts(graph, warm: bool) -> str:
     class L:
         target = Target.parse("cpu") if warm else replace(Target.parse("cpu"), caches={"l3": 0})
     op = next(op for op in graph.ops if op.opname == "qmatmul_dynamic")
-    return ops_sparse.gain_reason(L, op) or "yes"
+    grouped = op.operands[1].type.quant.group is not None
+    return (ops_sparse.w4_gain_reason if grouped else ops_sparse.gain_reason)(L, op) or "yes"
 
 
 def _sparse_weight(k: int, n: int, ratio: str, rng) -> tuple[np.ndarray, object]:
@@ -95,10 +103,13 @@ def _sparse_weight(k: int, n: int, ratio: str, rng) -> tuple[np.ndarray, object]
     return w, Encoding.sparse(r)
 
 
-def layer_graph(k: int, n: int, ratio: str, m: int, seed: int, budget: int = STREAM_BYTES):
+def layer_graph(k: int, n: int, ratio: str, m: int, seed: int, budget: int = STREAM_BYTES, group: int = 0):
     """(graph of R qmatmul_dynamic by ``ratio``'s weights on one input, bytes the kernel streams per GEMV, R):
-    R copies so a call streams at least ``budget`` bytes (or, with ``budget`` < 0, at most -budget, R >= 1)."""
-    from lowbit.codegen import sparse
+    R copies so a call streams at least ``budget`` bytes (or, with ``budget`` < 0, at most -budget, R >= 1).
+    With ``group``: group-wise symmetric int4 weights (codes -8..7, zero points 0) of that group instead."""
+    import ml_dtypes
+
+    from lowbit.codegen import sparse, sparse_w4
     from lowbit.ir import dtypes as dt
     from lowbit.ir.graph import Graph
     from lowbit.ir.types import QuantParams, TensorType
@@ -110,9 +121,23 @@ def layer_graph(k: int, n: int, ratio: str, m: int, seed: int, budget: int = STR
     outs, per, copies = [], None, None
     while copies is None or len(outs) < copies:
         w, enc = _sparse_weight(k, n, ratio, rng)
+        if group:  # the same zeros, nonzero codes in -8..7
+            codes = rng.integers(1, 9, (k, n)) * rng.choice(np.array([-1, 1]), (k, n))
+            w = (np.clip(codes, -8, 7) * (w != 0)).astype(np.int8)
+            gp = -(-k // group) * group
         if per is None:
-            per = k * n + 4 * n if enc is None else sparse.stored_bytes(w, kp)[0]  # (+ the f32 scales for dense)
+            if group:
+                per = sparse_w4.stored_bytes(w, gp, group)[enc is None]
+            else:  # (+ the f32 scales for dense)
+                per = k * n + 4 * n if enc is None else sparse.stored_bytes(w, kp)[0]
             copies = max(1, -(-budget // per) if budget > 0 else -budget // per)
+        if group:
+            ng = gp // group
+            sw = tuple(map(float, rng.uniform(0.001, 0.01, ng * n).astype(np.float32)))
+            wc = g.const(w.astype(ml_dtypes.int4),
+                         type=TensorType((k, n), dt.i4, QuantParams(sw, (0,) * (ng * n), 1, group), enc))
+            outs.append(g.create("qmatmul_dynamic", [x, wc], {"per_row": True}).result)
+            continue
         sw = tuple(map(float, rng.uniform(0.001, 0.01, n).astype(np.float32)))
         wc = g.const(w, type=TensorType((k, n), dt.i8, QuantParams(sw, (0,) * n, 1, storage=(-127, 127)), enc))
         outs.append(g.create("qmatmul_dynamic", [x, wc], {"per_row": True}).result)
@@ -128,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=30, help="timed calls per contestant")
     p.add_argument("--rounds", type=int, default=10, help="alternating rounds the runs are spread over")
     p.add_argument("--m", default="1", help="rows of the input (1: a GEMV), comma-separated")
+    p.add_argument("--int4", type=int, default=0, metavar="GROUP",
+                   help="group-wise int4 weights of this group: vnni-w4 against vnni-w4-sparse")
     p.add_argument("--warm", action="store_true", help="no eviction; a call's weights fit in L2 (see above)")
     p.add_argument("--json", help="also write the rows here")
     a = p.parse_args(argv)
@@ -151,7 +178,7 @@ def main(argv=None) -> int:
         x = {"A": rng.standard_normal((m, k)).astype(np.float32)}
         fns, meta = {}, {}
         for i, ratio in enumerate(["dense"] + a.ratios.split(",")):
-            g, per, copies = layer_graph(k, n, ratio, m, seed=11 + i, budget=budget)
+            g, per, copies = layer_graph(k, n, ratio, m, seed=11 + i, budget=budget, group=a.int4)
             print(f"[{k}x{n} m={m}] {ratio}: building {copies} copies", file=sys.stderr, flush=True)
             mod, kern = _lowbit_fn(g, "O0", a.threads, work)
             args = mod._prepare(x)
@@ -180,7 +207,8 @@ def main(argv=None) -> int:
                  "kernels": kern, "accepts": accepts}
             rows.append(r)
             print(f"[{k}x{n} m={m}] {name}: {us:.1f} us, {gbs:.1f} GB/s ({r['of_read_bw']:.0%} of read bw), "
-                  f"{r['bytes_per_weight']:.3f} B/weight, dense / this {r['dense_over_this']:.2f}x; {kern}; predicate: {accepts}",
+                  f"{r['bytes_per_weight']:.3f} B/weight, dense / this {r['dense_over_this']:.2f}x; {kern}; "
+                  f"predicate: {accepts}",
                   flush=True)
     cols = ["shape", "m", "weight", "us", "GB/s", "of_read_bw", "bytes_per_weight", "dense_over_this", "accepts"]
     print("\n| " + " | ".join(cols) + " |")
@@ -189,7 +217,8 @@ def main(argv=None) -> int:
         print("| " + " | ".join(f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     heat = (f"weights warm (no eviction, at most {-budget >> 10} KB of them per call)" if a.warm else
             f"weights cache-cold (a {2 * llc >> 20} MB read before every timed call)")
-    print(f"\nCPU: {cpu}; {a.threads} threads; m = {a.m}; read bandwidth {bw:.1f} GB/s; {heat}; "
+    kind = f"int4 group {a.int4}" if a.int4 else "int8"
+    print(f"\nCPU: {cpu}; {kind}; {a.threads} threads; m = {a.m}; read bandwidth {bw:.1f} GB/s; {heat}; "
           f"medians of {a.runs} calls in {a.rounds} alternating "
           "rounds, per GEMV (a call runs R copies)")
     if a.json:

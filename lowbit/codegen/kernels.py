@@ -265,6 +265,8 @@ TABLE: dict[str, list[Kernel]] = {
         Kernel("vnni-sparse", _all(_not_grouped, VNNI, VBMI2, _const_bias, ops_sparse.gain_reason),
                lambda L, op: ops_sparse.qmatmul_dynamic(L, op, op.attrs["per_row"])),
         Kernel("lut-w2", _all(_grouped, VNNI, _const_bias, _bit_planes), ops_lut.qmatmul_dynamic_lut),
+        Kernel("vnni-w4-sparse", _all(_grouped, VNNI, VBMI2, _const_bias, ops_sparse.w4_gain_reason),
+               lambda L, op: ops_sparse.qmatmul_dynamic_w4(L, op, op.attrs["per_row"])),
         Kernel("vnni-w4", _all(_grouped, VNNI, _const_bias, _nibbles),
                lambda L, op: ops_w4.qmatmul_dynamic_vnni(L, op, op.attrs["per_row"])),
         Kernel("grouped-loops", _grouped, ops_w4.qmatmul_dynamic_loops),

@@ -99,4 +99,66 @@ def qmatmul_dynamic(L, op, rows_pass: bool):
     return L.call_tir(func, "lowbit_qmatmul_dynamic_sparse", args, rt.shape, "float32")
 
 
-__all__ = ["qmatmul_dynamic", "gain_reason", "bytes_reason", "cache_reason", "model_weight_bytes"]
+def w4_gain_reason(L, op) -> str | None:
+    """Why the sparse nibble kernel (``sparse_w4.py``) would not beat the dense one (``vnni-w4``) on ``op``, a
+    qmatmul_dynamic by a group-wise weight (None: it would): an encoding, symmetric signed codes (zero points 0,
+    no codebook: a zero weight is the code 0), groups a multiple of 8 up to ``sparse_w4.MAX_GROUP``, at most
+    ``sparse_w4.MAX_ROWS`` rows, a model too large for the last-level cache (``cache_reason``) and the format at
+    most ``sparse_w4.MAX_BYTES_FRACTION`` of the dense nibble kernel's bytes."""
+    from ..quant.scheme import storage_range
+    from . import sparse_w4
+
+    wv = op.operands[1]
+    wt, enc = wv.type, wv.type.encoding
+    if enc is None or enc.kind not in ("sparse", "nm", "block"):
+        return "the weight's type has no sparsity encoding" if enc is None else f"the weight's encoding is {enc}"
+    q = wt.quant
+    lo, hi = storage_range(wt.dtype, q)
+    if not wv.is_const or q.codebook is not None or lo < -8 or hi > 7 or any(z != 0 for z in q.zero_point):
+        return "the codes are not symmetric signed 4-bit constants (zero points 0, no codebook)"
+    if q.group % sparse_w4.STEP or q.group > sparse_w4.MAX_GROUP:
+        return f"group {q.group} is not a multiple of {sparse_w4.STEP} up to {sparse_w4.MAX_GROUP}"
+    m = int(np.prod(op.operands[0].type.shape[:-1]))
+    if m > sparse_w4.MAX_ROWS:
+        return f"{m} rows, the sparse nibble kernel pays only memory-bound (at most {sparse_w4.MAX_ROWS} rows)"
+    why = cache_reason(L.target, model_weight_bytes(op))
+    if why:
+        return why
+    codes = np.asarray(wv.const_value).astype(np.int64)
+    kp = -(-codes.shape[0] // q.group) * q.group
+    stored, dense = sparse_w4.stored_bytes(codes, kp, q.group)
+    bar = sparse_w4.MAX_BYTES_FRACTION
+    if stored <= bar * dense:
+        return None
+    zeros = 1 - np.count_nonzero(codes) / codes.size
+    return (f"the sparse nibble format would store {stored / dense:.3g} of the dense int4 bytes ({zeros:.0%} "
+            f"zeros), the bar is {bar}").replace("%", " %")
+
+
+def qmatmul_dynamic_w4(L, op, rows_pass: bool):
+    """qmatmul_dynamic by a sparse group-wise i4 weight on ``sparse_w4.matmul_func``: the u8 rows (K padded to
+    whole groups), the nibble stream, masks, starts, the groups' scales and code sums, the bias."""
+    from . import sparse_w4
+    from .lowering import padded_bias
+
+    xt, rt = op.operands[0].type, op.result.type
+    wt = op.operands[1].type
+    group = wt.quant.group
+    codes = np.asarray(op.operands[1].const_value).astype(np.int64)
+    k, n = codes.shape
+    ng = -(-k // group)
+    kp = ng * group
+    m = int(np.prod(xt.shape[:-1]))
+    n16 = -(-n // 16) * 16
+    xq, sc, zp = ops_amx.quantized_rows(L, op, m, kp, rows_pass)
+    scales = wt.quant.scale_array().reshape(ng, n).astype(np.float32)
+    p = sparse_w4.pack(codes, kp, group, scales)
+    func = sparse_w4.matmul_func(m, kp, n, group, p.stream.size, op.attrs["per_row"], rt.shape,
+                                 rows=L.knob("vnni_pixels", op), tasks=L.knob("vnni_tasks", op))
+    args = [xq, sc, zp, L.const(p.stream), L.const(p.masks), L.const(p.starts), L.const(p.scales),
+            L.const(p.csum), L.const(padded_bias(op, n, n16)), L.const(sparse_w4.SIGN_TABLE)]
+    return L.call_tir(func, "lowbit_qmatmul_w4_sparse", args, rt.shape, "float32")
+
+
+__all__ = ["qmatmul_dynamic", "gain_reason", "bytes_reason", "cache_reason", "model_weight_bytes",
+           "w4_gain_reason", "qmatmul_dynamic_w4"]
