@@ -187,3 +187,22 @@ def test_sparse_int8_model_runs_the_sparse_kernel_and_matches_the_interpreter(ca
     text = capsys.readouterr().out
     assert "sparse weights (per layer" in text and "fc1  matmul unstructured 0.7 wanda, 69.9% zero of 65536" in text
     assert "-> vnni-sparse" in text
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_int4_weights_keep_the_pruned_zeros(method):
+    g = _mlp(k=128, n=64)
+    calib = _inputs(k=128)
+    pipe = (f"sparsify{{method=sparsegpt,ratio=0.7,min_weights=0}},quantize-weights{{method={method},group=32}},"
+            "quantize{dynamic=true},dce")
+    out, _ = _run(g, pipe, calib)
+    pruned, _ = _run(g, "sparsify{method=sparsegpt,ratio=0.7,min_weights=0}", calib)
+    dense = {op.loc: np.asarray(op.operands[1].const_value) for op in pruned.ops if op.opname == "matmul"}
+    qs = [op for op in out.ops if op.opname == "qmatmul_dynamic"]
+    assert len(qs) == 2
+    for op in qs:
+        w = op.operands[1]
+        assert w.type.quant.group == 32 and w.type.encoding is not None, w.type
+        codes = np.asarray(w.const_value)
+        assert np.array_equal(codes == 0, dense[op.loc] == 0) or np.all(codes[dense[op.loc] == 0] == 0)
+        assert np.count_nonzero(codes == 0) / codes.size >= 0.7 - 1e-9

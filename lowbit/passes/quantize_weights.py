@@ -235,10 +235,19 @@ class QuantizeWeights(Pass):
         """(integers, type) of ``w`` [K, N]; a convolution's per output channel and symmetric (``layer_group``)."""
         group = layer_group(op, w, self.group)
         symmetric = self.symmetric or op.opname == "conv2d"
+        sparse = symmetric and op.opname != "conv2d" and op.operands[1].type.encoding is not None
         if layer_method(op, method) == "rtn" or xtx is None:
-            return qw.rtn(w, self.bits, group, symmetric, xtx if self.clip else None)
-        return qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, group, symmetric, self.damp, self.block,
-                       what=op.describe(), clip=self.clip)
+            q, t = qw.rtn(w, self.bits, group, symmetric, xtx if self.clip else None)  # 0 rounds to code 0
+        else:
+            q, t = qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, group, symmetric, self.damp, self.block,
+                           what=op.describe(), clip=self.clip, zeros=(w == 0) if sparse else None)
+        if sparse:  # a pruned weight (sparsify) keeps its encoding on the symmetric codes
+            from .sparsify import carried_encoding
+
+            enc = carried_encoding(op.operands[1].type, q)
+            if enc is not None:
+                t = TensorType(t.shape, t.dtype, t.quant, enc)
+        return q, t
 
     def _awq_scales(self, op, w: np.ndarray, xtx: np.ndarray, n: int):
         """(alpha, per-input-channel scales or None for alpha 0) minimizing the layer's output error with

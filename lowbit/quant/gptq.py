@@ -184,9 +184,13 @@ def columns(w: np.ndarray, h: np.ndarray, group: int, damp: float, block: int, w
 
 
 def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, damp: float = 0.01,
-         block: int = 128, what: str = "", clip: bool = False) -> tuple[np.ndarray, TensorType]:
+         block: int = 128, what: str = "", clip: bool = False, zeros: np.ndarray | None = None) -> tuple[np.ndarray, TensorType]:
     """(stored integers [K, N], their type): GPTQ of the [K, N] weight ``w`` given ``h`` = 2 XᵀX / n [K, K];
-    ``clip``: each group's range clipped by ``group_params``' search on its block of ``h`` as the group starts."""
+    ``clip``: each group's range clipped by ``group_params``' search on its block of ``h`` as the group starts;
+    ``zeros`` (symmetric only; a [K, N] mask, a pruned weight's zeros): those entries stay exactly 0 (code 0), their
+    error fed forward like any other, so a sparsity pattern survives the quantization."""
+    if zeros is not None and not symmetric:
+        raise ValueError("GPTQ keeps pruned zeros only on the symmetric grid (zero point 0)")
     k, n_out = np.shape(w)
     lo, hi = storage(bits, symmetric)[2]
     n_groups = -(-k // group)
@@ -199,8 +203,14 @@ def gptq(w: np.ndarray, h: np.ndarray, bits: int, group: int, symmetric: bool, d
         scales[gi], zps[gi] = group_params(cols, bits, symmetric, hg)
         return scales[gi].astype(np.float64), zps[gi]
 
+    col = iter(range(k))
+
     def code(x, state):
-        return _rounded(x, *state, lo, hi)
+        c, x_hat = _rounded(x, *state, lo, hi)
+        i = next(col)  # columns() codes the rows of K in order
+        if zeros is not None and zeros[i].any():
+            c, x_hat = np.where(zeros[i], 0, c), np.where(zeros[i], 0.0, x_hat)
+        return c, x_hat
     q = columns(w, h, group, damp, block, what, start_group, code)
     t = weight_type((k, n_out), scales, zps, bits, symmetric, group)
     return np.ascontiguousarray(q.T).astype(t.dtype.np_dtype), t
