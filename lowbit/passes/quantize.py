@@ -112,9 +112,9 @@ def _per_channel_i8(w: np.ndarray, axis: int):
 
 
 def _with_encoding(wt: TensorType, source: TensorType, wq: np.ndarray) -> TensorType:
-    """``wt`` with the sparsity encoding of the weight it quantizes (``sparsify.carried_encoding``): symmetric
+    """``wt`` with the sparsity encoding of the weight it quantizes (``quant.prune.carried_encoding``): symmetric
     weights keep their zeros."""
-    from .sparsify import carried_encoding
+    from ..quant.prune import carried_encoding
 
     enc = carried_encoding(source, wq)
     return wt if enc is None else TensorType(wt.shape, wt.dtype, wt.quant, enc)

@@ -242,7 +242,7 @@ class QuantizeWeights(Pass):
             q, t = qw.gptq(w, 2.0 * xtx / max(n, 1), self.bits, group, symmetric, self.damp, self.block,
                            what=op.describe(), clip=self.clip, zeros=(w == 0) if sparse else None)
         if sparse:  # a pruned weight (sparsify) keeps its encoding on the symmetric codes
-            from .sparsify import carried_encoding
+            from ..quant.prune import carried_encoding
 
             enc = carried_encoding(op.operands[1].type, q)
             if enc is not None:

@@ -58,19 +58,6 @@ def sparsity_report(ctx: PassContext) -> list:
     return rows
 
 
-def carried_encoding(source: TensorType, values: np.ndarray):
-    """The encoding a quantized copy ``values`` of a weight typed ``source`` keeps: the source's where the values
-    still honour it, else ``sparse<r>`` of their own zeros (None where the source had none or no zeros are
-    left)."""
-    enc = source.encoding
-    if enc is None or enc.kind == "pow2":
-        return None
-    if enc.check(values) is None:
-        return enc
-    zeros = float(np.count_nonzero(np.asarray(values) == 0)) / max(np.size(values), 1)
-    return enc.sparse(zeros) if zeros > 0 else None
-
-
 @register_pass
 @dataclass(frozen=True)
 class Sparsify(Pass):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LowbitError
-from ..ir.types import Encoding
+from ..ir.types import Encoding, TensorType
 from .gptq import inverse_cholesky
 
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -186,4 +186,17 @@ def sparsegpt(w: np.ndarray, h: np.ndarray, pattern: Pattern, damp: float = 0.01
     return out
 
 
-__all__ = ["METHODS", "Pattern", "mask_from_score", "magnitude", "wanda", "sparsegpt"]
+def carried_encoding(source: TensorType, values: np.ndarray):
+    """The encoding a quantized copy ``values`` of a weight typed ``source`` keeps: the source's where the values
+    still honour it, else ``sparse<r>`` of their own zeros (None where the source had none or no zeros are
+    left)."""
+    enc = source.encoding
+    if enc is None or enc.kind == "pow2":
+        return None
+    if enc.check(values) is None:
+        return enc
+    zeros = float(np.count_nonzero(np.asarray(values) == 0)) / max(np.size(values), 1)
+    return enc.sparse(zeros) if zeros > 0 else None
+
+
+__all__ = ["carried_encoding", "METHODS", "Pattern", "mask_from_score", "magnitude", "wanda", "sparsegpt"]
