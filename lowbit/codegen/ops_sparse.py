@@ -58,6 +58,14 @@ def cache_reason(target, model_bytes: int) -> str | None:
     return None
 
 
+SPARSE_KINDS = ("sparse", "nm", "block")
+
+
+def _encoding_reason(enc) -> str:
+    """Why a weight's encoding does not make it sparse (no encoding, or ``pow2``)."""
+    return "the weight's type has no sparsity encoding" if enc is None else f"the weight's encoding is {enc}"
+
+
 def gain_reason(L, op) -> str | None:
     """Why the sparse kernel would not beat the dense one on ``op`` (None: it would). The weight's type must say
     it is sparse (an encoding), the matmul must be memory-bound (at most ``sparse.MAX_ROWS`` rows), the model's
@@ -65,8 +73,8 @@ def gain_reason(L, op) -> str | None:
     and the packed nonzeros, masks and starts at most ``MAX_BYTES_FRACTION`` of the dense bytes."""
     wv = op.operands[1]
     enc = wv.type.encoding
-    if enc is None or enc.kind not in ("sparse", "nm", "block"):
-        return "the weight's type has no sparsity encoding" if enc is None else f"the weight's encoding is {enc}"
+    if enc is None or enc.kind not in SPARSE_KINDS:
+        return _encoding_reason(enc)
     if not wv.is_const or wv.type.dtype.name != "i8":
         return f"the weight is {'not a constant' if not wv.is_const else wv.type.dtype.name}, needs i8"
     m = int(np.prod(op.operands[0].type.shape[:-1]))
@@ -110,8 +118,8 @@ def w4_gain_reason(L, op) -> str | None:
 
     wv = op.operands[1]
     wt, enc = wv.type, wv.type.encoding
-    if enc is None or enc.kind not in ("sparse", "nm", "block"):
-        return "the weight's type has no sparsity encoding" if enc is None else f"the weight's encoding is {enc}"
+    if enc is None or enc.kind not in SPARSE_KINDS:
+        return _encoding_reason(enc)
     q = wt.quant
     lo, hi = storage_range(wt.dtype, q)
     if not wv.is_const or q.codebook is not None or lo < -8 or hi > 7 or any(z != 0 for z in q.zero_point):

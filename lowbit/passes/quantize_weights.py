@@ -69,13 +69,18 @@ METHODS = ("rtn", "gptq", "auto")
 CONVS = ("dense", "all", "none")
 
 
-def weight_report(ctx: PassContext) -> list:
-    """The per-layer records quantize-weights appended to ``ctx`` (created empty on first use)."""
-    rows = getattr(ctx, "weight_report", None)
+def report_rows(ctx: PassContext, attr: str) -> list:
+    """The per-layer records a weight pass keeps on ``ctx`` under ``attr`` (created empty on first use)."""
+    rows = getattr(ctx, attr, None)
     if rows is None:
         rows = []
-        ctx.weight_report = rows
+        setattr(ctx, attr, rows)
     return rows
+
+
+def weight_report(ctx: PassContext) -> list:
+    """The per-layer records quantize-weights (and shift-add) appended to ``ctx``."""
+    return report_rows(ctx, "weight_report")
 
 
 def target_weight(op, convs: str = "all") -> tuple[np.ndarray | None, str | None]:

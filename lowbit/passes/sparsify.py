@@ -50,12 +50,8 @@ METHODS = prune.METHODS + ("auto",)
 
 
 def sparsity_report(ctx: PassContext) -> list:
-    """The per-layer records sparsify appended to ``ctx`` (created empty on first use)."""
-    rows = getattr(ctx, "sparsity_report", None)
-    if rows is None:
-        rows = []
-        ctx.sparsity_report = rows
-    return rows
+    """The per-layer records sparsify appended to ``ctx``."""
+    return qwp.report_rows(ctx, "sparsity_report")
 
 
 @register_pass
